@@ -1,0 +1,38 @@
+"""dp_bringup: one ament_python package holding the ROS-free core (dp_core) and the ROS 2 nodes."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "dp_bringup"
+
+
+def share(folder: str) -> tuple[str, list[str]]:
+    return (f"share/{PACKAGE}/{folder}", [p for p in glob(f"{folder}/*") if not p.endswith(".md") or folder == "models"])
+
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages("src"),
+    package_dir={"": "src"},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        share("launch"),
+        share("config"),
+        share("models"),
+    ],
+    install_requires=["setuptools"],
+    python_requires=">=3.10",
+    zip_safe=True,
+    maintainer="dp_bringup maintainers",
+    maintainer_email="maintainers@dp-bringup.dev",
+    description="Diffusion Policy on ROS 2: ROS-free core library plus nodes, launch files and configs.",
+    license="MIT",
+    entry_points={
+        "console_scripts": [
+            "dp-train = dp_core.train:main",
+        ],
+    },
+)

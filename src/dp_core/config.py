@@ -1,0 +1,281 @@
+"""Configuration dataclasses, loaded from YAML with errors that name the bad key.
+
+One :class:`ExperimentConfig` describes a training run: the policy (shapes, horizons,
+denoiser, encoder, diffusion schedule), the data and the optimisation. The policy part
+is stored inside every checkpoint so that a model file is self-describing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is wrong; the message names the dotted key."""
+
+
+@dataclass
+class ObsSpec:
+    """One observation stream.
+
+    ``low_dim``: a flat vector of ``shape[0]`` values taken from ``data/<source>``
+    (flattened per step), optionally only the columns ``columns[0]:columns[1]``.
+    ``rgb``: an image of ``shape = [H, W, 3]`` (uint8 or 0-255 floats, HWC).
+    """
+
+    type: Literal["low_dim", "rgb"]
+    shape: list[int]
+    source: str = ""
+    columns: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.type == "rgb" and (len(self.shape) != 3 or self.shape[2] != 3):
+            raise ConfigError(f"rgb observation shape must be [H, W, 3], got {self.shape}")
+        if self.type == "low_dim" and len(self.shape) != 1:
+            raise ConfigError(f"low_dim observation shape must be [D], got {self.shape}")
+        if self.columns is not None and (len(self.columns) != 2 or self.columns[1] - self.columns[0] != self.shape[0]):
+            raise ConfigError(f"columns {self.columns} must be [start, stop] with stop - start == shape[0]")
+
+
+@dataclass
+class ActionSpec:
+    dim: int = 2
+    source: str = "action"
+
+
+@dataclass
+class ShapeMeta:
+    """Names, kinds and shapes of observations and actions: the model's contract."""
+
+    obs: dict[str, ObsSpec] = field(default_factory=dict)
+    action: ActionSpec = field(default_factory=ActionSpec)
+
+    def __post_init__(self) -> None:
+        for name, spec in self.obs.items():
+            if not spec.source:
+                spec.source = name
+
+    @property
+    def rgb_keys(self) -> list[str]:
+        return [k for k, s in self.obs.items() if s.type == "rgb"]
+
+    @property
+    def low_dim_keys(self) -> list[str]:
+        return [k for k, s in self.obs.items() if s.type == "low_dim"]
+
+
+@dataclass
+class UnetConfig:
+    """Conditional 1-D UNet with FiLM (paper: 256,512,1024 low-dim; 512,1024,2048 image)."""
+
+    down_dims: list[int] = field(default_factory=lambda: [256, 512, 1024])
+    kernel_size: int = 5
+    n_groups: int = 8
+    step_embed_dim: int = 128
+
+
+@dataclass
+class TransformerConfig:
+    """Time-series diffusion transformer (paper Push-T: 8 layers, 4 heads, 256 embedding)."""
+
+    n_layer: int = 8
+    n_head: int = 4
+    n_emb: int = 256
+    p_drop_emb: float = 0.0
+    p_drop_attn: float = 0.3
+    causal_attn: bool = True
+
+
+@dataclass
+class VisionConfig:
+    """Per-camera ResNet-18 (GroupNorm, spatial softmax) with random/center crop."""
+
+    crop_shape: list[int] | None = field(default_factory=lambda: [84, 84])
+    num_keypoints: int = 32
+    feature_dim: int = 64
+    group_norm_channels: int = 16
+
+
+@dataclass
+class DiffusionConfig:
+    """Noise schedule (DDPM for training) and the sampler used at inference."""
+
+    num_train_timesteps: int = 100
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: Literal["epsilon"] = "epsilon"
+    clip_sample: bool = True
+    inference_scheduler: Literal["ddpm", "ddim"] = "ddim"
+    num_inference_steps: int = 16
+    warm_start_steps: int = 4
+    warm_start_strength: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.warm_start_strength <= 1.0:
+            raise ConfigError(f"warm_start_strength must be in (0, 1], got {self.warm_start_strength}")
+        if self.num_inference_steps < 1 or self.warm_start_steps < 1:
+            raise ConfigError("num_inference_steps and warm_start_steps must be >= 1")
+
+
+@dataclass
+class PolicyConfig:
+    """Everything needed to rebuild a policy: stored in each checkpoint."""
+
+    shape_meta: ShapeMeta = field(default_factory=ShapeMeta)
+    kind: Literal["diffusion", "regression"] = "diffusion"
+    denoiser: Literal["unet", "transformer"] = "unet"
+    horizon: int = 16
+    n_obs_steps: int = 2
+    n_action_steps: int = 8
+    unet: UnetConfig = field(default_factory=UnetConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+    def __post_init__(self) -> None:
+        if self.n_action_steps > self.horizon - self.n_obs_steps + 1:
+            raise ConfigError(
+                f"n_action_steps ({self.n_action_steps}) must be <= horizon - n_obs_steps + 1 "
+                f"({self.horizon - self.n_obs_steps + 1})"
+            )
+        if self.denoiser == "unet" and self.horizon % (2 ** (len(self.unet.down_dims) - 1)):
+            raise ConfigError(
+                f"horizon {self.horizon} must be divisible by 2**(len(unet.down_dims)-1) for the UNet"
+            )
+
+
+@dataclass
+class DataConfig:
+    path: str = "../shared/data/pusht/pusht_cchi_v7_replay.zarr"
+    val_ratio: float = 0.02
+    max_train_episodes: int | None = None
+    split_seed: int = 42
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"
+    seed: int = 42
+    device: str = "auto"
+    batch_size: int = 256
+    num_steps: int = 100_000
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
+    lr_scheduler: str = "cosine"
+    lr_warmup_steps: int = 500
+    grad_clip: float = 1.0
+    ema_power: float = 0.75
+    ema_max_decay: float = 0.9999
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    num_workers: int = 0
+    log_every: int = 50
+    val_every: int = 1000
+    checkpoint_every: int = 2000
+    keep_checkpoints: int = 3
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {k: _convert(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if tp is float and not isinstance(value, bool):
+        # PyYAML reads "3e-4" (no dot) as a string: accept any number spelled out.
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected float, got {value!r}") from None
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys and bad types raise ConfigError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or '<root>'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{dotted}'{hint}; valid keys here: {', '.join(names)}")
+        kwargs[key] = _convert(hints[key], value, dotted)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{prefix or '<root>'}: {exc}") from None
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.path=value")
+        dotted, raw = item.split("=", 1)
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{dotted}': '{part}' is not a mapping")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load an :class:`ExperimentConfig` from YAML, applying ``key=value`` overrides."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    data = apply_overrides(data, overrides or [])
+    try:
+        return from_dict(ExperimentConfig, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,249 @@
+"""Training loop and the ``dp-train`` command.
+
+Single process: ``dp-train --config config/pusht_state_unet_small.yaml train.num_steps=5000``.
+Multi-GPU (or multi-process CPU with gloo): ``torchrun --nproc_per_node 2 -m dp_core.train --config ...``.
+
+All randomness of step ``k`` (batch order, noise, timesteps, crops, dropout) is derived
+from ``(seed, k)``, so a resumed run continues exactly like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from .checkpoint import load_training_state, resolve_device, save_policy, save_training_state
+from .config import ConfigError, ExperimentConfig, load_config, to_dict
+from .dataset import DatasetError, WindowDataset, build_datasets
+from .policy import DiffusionPolicy
+
+
+def _batch_items(n: int, batch_size: int, step: int, seed: int, rank: int, world: int) -> np.ndarray:
+    """Dataset items of ``step``: a seeded permutation per epoch, sharded over ranks."""
+    per_rank = max(1, n // world)
+    bs = min(batch_size, per_rank)
+    per_epoch = per_rank // bs
+    epoch, k = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)[rank::world][:per_rank]
+    return perm[k * bs : (k + 1) * bs]
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {
+        "obs": {k: v.to(device, non_blocking=True) for k, v in batch["obs"].items()},
+        "action": batch["action"].to(device, non_blocking=True),
+    }
+
+
+class Trainer:
+    """Owns the policy, optimiser, schedule, EMA and checkpoints of one run."""
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.cfg = cfg
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.distributed:
+            device = resolve_device(cfg.train.device)
+            if device.type == "cuda":
+                local = int(os.environ.get("LOCAL_RANK", "0"))
+                torch.cuda.set_device(local)
+                device = torch.device("cuda", local)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        else:
+            device = resolve_device(cfg.train.device)
+            self.rank, self.world = 0, 1
+        self.device = device
+        self.out = Path(cfg.train.output_dir)
+        torch.manual_seed(cfg.train.seed)
+
+        self.train_set, self.val_set, arrays = build_datasets(cfg.data, cfg.policy)
+        if len(self.train_set) == 0:
+            raise DatasetError(f"{cfg.data.path}: no training windows")
+        self.policy = DiffusionPolicy(cfg.policy)
+        self.policy.normalizer.fit(
+            {k: arrays.obs[k] for k in cfg.policy.shape_meta.low_dim_keys}, arrays.action
+        )
+        self.policy.to(device)
+        self.model = DistributedDataParallel(self.policy) if self.distributed else self.policy
+        t = cfg.train
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        self.lr_scheduler = get_scheduler(t.lr_scheduler, self.optimizer, num_warmup_steps=t.lr_warmup_steps, num_training_steps=t.num_steps)
+        self.ema = EMAModel(self.policy.parameters(), decay=t.ema_max_decay, use_ema_warmup=True, power=t.ema_power, inv_gamma=1.0, min_decay=0.0)
+        self.step = 0
+        bf16 = t.mixed_precision == "bf16" or (t.mixed_precision == "auto" and device.type == "cuda")
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    # --- checkpoints -------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "step": self.step,
+            "config": to_dict(self.cfg),
+            "model": self.policy.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+        }
+
+    def load(self, path: str | Path) -> None:
+        state = load_training_state(path)
+        self.policy.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.step = int(state["step"])
+
+    def save_ema_policy(self, path: Path) -> Path:
+        params = list(self.policy.parameters())
+        self.ema.store(params)
+        self.ema.copy_to(params)
+        try:
+            return save_policy(self.policy, path, extra={"step": self.step, "name": self.cfg.name})
+        finally:
+            self.ema.restore(params)
+
+    def checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        ckpt_dir = self.out / "checkpoints"
+        save_training_state(ckpt_dir / f"train_{self.step:08d}.pt", self.state())
+        self.save_ema_policy(ckpt_dir / f"policy_{self.step:08d}.safetensors")
+        self.save_ema_policy(self.out / "policy.safetensors")
+        for kind, pattern in (("train", "train_*.pt"), ("policy", "policy_*.safetensors")):
+            old = sorted(ckpt_dir.glob(pattern))[: -self.cfg.train.keep_checkpoints]
+            for p in old:
+                p.unlink()
+
+    # --- loop ----------------------------------------------------------------------------
+    def _generator(self, step: int) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        g.manual_seed(self.cfg.train.seed * 1_000_003 + step * 101 + self.rank)
+        return g
+
+    def train_step(self) -> float:
+        t = self.cfg.train
+        items = _batch_items(len(self.train_set), t.batch_size, self.step, t.seed, self.rank, self.world)
+        batch = _to_device(self.train_set.batch(items), self.device)
+        torch.manual_seed(t.seed * 1_000_003 + self.step * 101 + self.rank)  # dropout
+        self.model.train()
+        with self.autocast:
+            loss = self.model(batch, self._generator(self.step))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), t.grad_clip)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.step(self.policy.parameters())
+        self.step += 1
+        return loss.item()
+
+    @torch.no_grad()
+    def validate(self, dataset: WindowDataset, max_batches: int = 8) -> dict[str, float]:
+        """EMA weights: denoising loss and sampled-action MSE on one batch."""
+        params = list(self.policy.parameters())
+        self.ema.store(params)
+        self.ema.copy_to(params)
+        self.policy.eval()
+        try:
+            g = torch.Generator(device=self.device).manual_seed(0)
+            bs = self.cfg.train.batch_size
+            losses = []
+            for b in range(min(max_batches, math.ceil(len(dataset) / bs))):
+                items = np.arange(b * bs, min((b + 1) * bs, len(dataset)))
+                batch = _to_device(dataset.batch(items), self.device)
+                losses.append(self.policy.compute_loss(batch, g).item())
+            items = np.linspace(0, len(dataset) - 1, min(bs, len(dataset))).astype(int)
+            batch = _to_device(dataset.batch(items), self.device)
+            pred = self.policy.predict_action(batch["obs"], generator=g)["action_pred"]
+            mse = torch.mean((pred - batch["action"]) ** 2).item()
+        finally:
+            self.ema.restore(params)
+        return {"loss": float(np.mean(losses)), "action_mse": mse}
+
+    def run(self) -> Path:
+        t = self.cfg.train
+        writer = SummaryWriter(str(self.out / "tb")) if self.rank == 0 else None
+        bar = tqdm(total=t.num_steps, initial=self.step, desc=self.cfg.name, disable=self.rank != 0, dynamic_ncols=True)
+        try:
+            while self.step < t.num_steps:
+                loss = self.train_step()
+                bar.update(1)
+                if writer and (self.step % t.log_every == 0 or self.step == 1):
+                    writer.add_scalar("train/loss", loss, self.step)
+                    writer.add_scalar("train/lr", self.lr_scheduler.get_last_lr()[0], self.step)
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                if writer and self.val_set is not None and self.step % t.val_every == 0:
+                    for k, v in self.validate(self.val_set).items():
+                        writer.add_scalar(f"val/{k}", v, self.step)
+                if self.step % t.checkpoint_every == 0 and self.step < t.num_steps:
+                    self.checkpoint()
+            self.checkpoint()
+            if self.distributed:
+                self._check_replicas_equal()
+        finally:
+            bar.close()
+            if writer:
+                writer.close()
+        return self.out / "policy.safetensors"
+
+    def _check_replicas_equal(self) -> None:
+        vec = torch.nn.utils.parameters_to_vector(self.policy.parameters()).detach()
+        ref = vec.clone()
+        dist.broadcast(ref, src=0)
+        if not torch.equal(vec, ref):
+            raise RuntimeError(f"rank {self.rank}: parameters diverged from rank 0")
+
+    def close(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def latest_training_state(output_dir: str | Path) -> Path | None:
+    found = sorted(Path(output_dir, "checkpoints").glob("train_*.pt"))
+    return found[-1] if found else None
+
+
+def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> Path:
+    """Train ``cfg``; ``resume`` is a training checkpoint or ``"auto"`` (latest in output_dir)."""
+    trainer = Trainer(cfg)
+    try:
+        if resume == "auto":
+            resume = latest_training_state(cfg.train.output_dir)
+        if resume:
+            trainer.load(resume)
+        return trainer.run()
+    finally:
+        trainer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dp-train", description="Train a Diffusion Policy from a YAML config.")
+    parser.add_argument("--config", required=True, help="YAML experiment config (see config/)")
+    parser.add_argument("--resume", default=None, help="training checkpoint to resume from, or 'auto'")
+    parser.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.num_steps=1000")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        path = train(cfg, args.resume)
+    except (ConfigError, DatasetError) as exc:
+        print(f"dp-train: error: {exc}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"policy written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+
+from dp_core.config import ConfigError, ExperimentConfig, PolicyConfig, from_dict, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_bundled_experiment_configs_load(path: Path) -> None:
+    if "ros__parameters" in path.read_text():
+        pytest.skip("node parameter file, not an experiment config")
+    cfg = load_config(path)
+    assert cfg.policy.horizon >= cfg.policy.n_action_steps
+
+
+def test_paper_defaults() -> None:
+    cfg = PolicyConfig()
+    assert (cfg.n_obs_steps, cfg.horizon, cfg.n_action_steps) == (2, 16, 8)
+    assert cfg.diffusion.num_train_timesteps == 100
+    assert cfg.diffusion.beta_schedule == "squaredcos_cap_v2"
+    assert cfg.unet.down_dims == [256, 512, 1024] and cfg.unet.kernel_size == 5 and cfg.unet.n_groups == 8
+    assert (cfg.transformer.n_layer, cfg.transformer.n_head, cfg.transformer.n_emb) == (8, 4, 256)
+
+
+def test_unknown_nested_key_is_named(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("policy:\n  unet:\n    down_dim: [1, 2]\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    msg = str(exc.value)
+    assert "policy.unet.down_dim" in msg and "down_dims" in msg and str(p) in msg
+
+
+def test_bad_type_and_choice_are_named() -> None:
+    with pytest.raises(ConfigError, match=r"train\.batch_size"):
+        from_dict(ExperimentConfig, {"train": {"batch_size": "big"}})
+    with pytest.raises(ConfigError, match=r"policy\.denoiser"):
+        from_dict(ExperimentConfig, {"policy": {"denoiser": "lstm"}})
+
+
+def test_inconsistent_horizons_rejected() -> None:
+    with pytest.raises(ConfigError, match="n_action_steps"):
+        from_dict(PolicyConfig, {"horizon": 8, "n_obs_steps": 2, "n_action_steps": 8})
+
+
+def test_overrides(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  batch_size: 8\n")
+    cfg = load_config(p, ["train.batch_size=32", "policy.unet.down_dims=[8,16]", "name=x"])
+    assert cfg.train.batch_size == 32 and cfg.policy.unet.down_dims == [8, 16] and cfg.name == "x"
+    with pytest.raises(ConfigError, match="train.nope"):
+        load_config(p, ["train.nope=1"])

@@ -1,0 +1,99 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from conftest import PUSHT_ZARR, write_episodes
+from dp_core.config import ActionSpec, DataConfig, ObsSpec, PolicyConfig, ShapeMeta
+from dp_core.dataset import DatasetError, EpisodeStore, StepArrays, WindowDataset, build_datasets, split_episodes, window_indices
+
+
+def test_windows_pad_by_repeating_edge_frames() -> None:
+    # Episode 0 = rows 0..2, episode 1 = rows 3..7; horizon 4, To = 2 (pad 1 before), Ta = 3 (pad 2 after).
+    idx = window_indices(np.array([3, 8]), np.array([0, 1]), horizon=4, pad_before=1, pad_after=2)
+    expected = [
+        [0, 0, 1, 2], [0, 1, 2, 2], [1, 2, 2, 2],
+        [3, 3, 4, 5], [3, 4, 5, 6], [4, 5, 6, 7], [5, 6, 7, 7], [6, 7, 7, 7],
+    ]
+    assert idx.tolist() == expected
+    only_second = window_indices(np.array([3, 8]), np.array([1]), 4, 1, 2)
+    assert only_second.tolist() == expected[3:]
+
+
+def _episodes(lengths: list[int]) -> list[dict[str, np.ndarray]]:
+    out, t = [], 0
+    for n in lengths:
+        rows = np.arange(t, t + n, dtype=np.float32)
+        out.append({"state": np.stack([rows, -rows], 1), "action": rows[:, None] * 10})
+        t += n
+    return out
+
+
+def test_store_round_trip_is_zarr_v3_and_windows_gather_right_rows(tmp_path: Path) -> None:
+    path = write_episodes(tmp_path / "d.zarr", _episodes([3, 5]))
+    assert zarr.open_group(str(path), mode="r").metadata.zarr_format == 3
+    store = EpisodeStore.open(path)
+    assert store.episode_ends.tolist() == [3, 8] and store.n_steps == 8
+    sm = ShapeMeta(obs={"pos": ObsSpec("low_dim", [1], source="state", columns=[0, 1])}, action=ActionSpec(1))
+    arrays = StepArrays.load(store, sm)
+    ds = WindowDataset(arrays, window_indices(store.episode_ends, np.array([0, 1]), 4, 1, 2), n_obs_steps=2)
+    b = ds.batch(np.array([0, 3]))
+    assert b["obs"]["pos"][:, :, 0].tolist() == [[0, 0], [3, 3]]
+    assert b["action"][:, :, 0].tolist() == [[0, 0, 10, 20], [30, 30, 40, 50]]
+    assert ds[4]["action"].shape == (4, 1)
+
+
+def test_append_validates_and_reopen_appends(tmp_path: Path) -> None:
+    path = write_episodes(tmp_path / "d.zarr", _episodes([3]))
+    store = EpisodeStore.open(path, mode="a")
+    with pytest.raises(DatasetError, match="differ in length"):
+        store.add_episode({"state": np.zeros((2, 2)), "action": np.zeros((3, 1))})
+    with pytest.raises(DatasetError, match="lacks keys"):
+        store.add_episode({"state": np.zeros((2, 2), np.float32)})
+    # A failed append must not change the committed episodes.
+    assert EpisodeStore.open(path).episode_ends.tolist() == [3]
+    store.add_episode(_episodes([3, 2])[1])
+    assert EpisodeStore.open(path).episode_ends.tolist() == [3, 5]
+
+
+def test_uncommitted_rows_are_ignored(tmp_path: Path) -> None:
+    path = write_episodes(tmp_path / "d.zarr", _episodes([3]))
+    g = zarr.open_group(str(path), mode="a")
+    g["data/state"].resize((10, 2))  # as if a writer died before committing episode_ends
+    assert EpisodeStore.open(path).read("state").shape == (3, 2)
+
+
+def test_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="not found"):
+        EpisodeStore.open(tmp_path / "missing.zarr")
+    path = write_episodes(tmp_path / "d.zarr", _episodes([3]))
+    with pytest.raises(DatasetError, match="data/nope"):
+        EpisodeStore.open(path).read("nope")
+    zarr.open_group(str(tmp_path / "empty.zarr"), mode="w")
+    with pytest.raises(DatasetError, match="missing 'data'"):
+        EpisodeStore.open(tmp_path / "empty.zarr")
+
+
+def test_split_is_by_episode_and_cap_applies() -> None:
+    train, val = split_episodes(50, DataConfig(val_ratio=0.2, split_seed=3))
+    assert len(val) == 10 and len(train) == 40 and not set(train) & set(val)
+    capped, val2 = split_episodes(50, DataConfig(val_ratio=0.2, split_seed=3, max_train_episodes=5))
+    assert len(capped) == 5 and set(capped) <= set(train) and val2.tolist() == val.tolist()
+
+
+@pytest.mark.skipif(not PUSHT_ZARR.exists(), reason="shared Push-T demonstrations not present")
+def test_reads_original_pusht_zarr_v2() -> None:
+    sm = ShapeMeta(
+        obs={
+            "keypoint": ObsSpec("low_dim", [18], source="keypoint"),
+            "agent_pos": ObsSpec("low_dim", [2], source="state", columns=[0, 2]),
+        },
+        action=ActionSpec(2),
+    )
+    train, val, arrays = build_datasets(DataConfig(path=str(PUSHT_ZARR), val_ratio=0.02), PolicyConfig(shape_meta=sm))
+    assert arrays.action.shape == (25650, 2)
+    # 206 episodes, each contributing length - 16 + 7 + 1 + 1 windows.
+    assert len(train) + len(val) == 25650 - 206 * 7
+    b = train.batch(np.arange(4))
+    assert b["obs"]["keypoint"].shape == (4, 2, 18) and b["action"].shape == (4, 16, 2)

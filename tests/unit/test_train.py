@@ -1,0 +1,80 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, experiment, tiny_policy_config
+from dp_core.checkpoint import load_training_state
+from dp_core.config import ObsSpec
+from dp_core.train import Trainer, train
+
+
+def _cfg(data: Path, out: Path, **kw):
+    return experiment(data, tiny_policy_config({"pos": ObsSpec("low_dim", [2])}, 1), out, **kw)
+
+
+def test_training_writes_policy_checkpoints_and_tensorboard(ramp_dataset: Path, tmp_path: Path) -> None:
+    path = train(_cfg(ramp_dataset, tmp_path / "run"))
+    assert path.is_file()
+    ckpts = sorted((tmp_path / "run" / "checkpoints").glob("train_*.pt"))
+    assert [p.name for p in ckpts] == ["train_00000010.pt", "train_00000020.pt"]
+    assert any((tmp_path / "run" / "tb").iterdir())
+
+
+def test_loss_decreases(ramp_dataset: Path, tmp_path: Path) -> None:
+    trainer = Trainer(_cfg(ramp_dataset, tmp_path / "run", num_steps=150))
+    losses = [trainer.train_step() for _ in range(150)]
+    assert sum(losses[-20:]) / 20 < 0.5 * sum(losses[:5]) / 5
+
+
+def test_resume_continues_exactly(ramp_dataset: Path, tmp_path: Path) -> None:
+    full = Trainer(_cfg(ramp_dataset, tmp_path / "full", num_steps=12, checkpoint_every=6))
+    full.run()
+    half = Trainer(_cfg(ramp_dataset, tmp_path / "half", num_steps=12, checkpoint_every=6))
+    for _ in range(6):
+        half.train_step()
+    half.checkpoint()
+    resumed = Trainer(_cfg(ramp_dataset, tmp_path / "half", num_steps=12, checkpoint_every=6))
+    resumed.load(tmp_path / "half" / "checkpoints" / "train_00000006.pt")
+    assert resumed.step == 6
+    resumed.run()
+    a, b = full.policy.state_dict(), resumed.policy.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ema_a = load_training_state(tmp_path / "full" / "checkpoints" / "train_00000012.pt")["ema"]["shadow_params"]
+    ema_b = load_training_state(tmp_path / "half" / "checkpoints" / "train_00000012.pt")["ema"]["shadow_params"]
+    assert all(torch.equal(x, y) for x, y in zip(ema_a, ema_b))
+
+
+def test_cli_reports_bad_key_and_missing_data(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  path: {tmp_path / 'none.zarr'}\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    run = subprocess.run([sys.executable, "-m", "dp_core.train", "--config", str(cfg), "train.bach_size=3"],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 2 and "train.bach_size" in run.stderr and "batch_size" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "dp_core.train", "--config", str(cfg)], capture_output=True, text=True, env=env)
+    assert run.returncode == 2 and "dataset not found" in run.stderr
+
+
+@pytest.mark.slow
+def test_distributed_data_parallel_two_cpu_processes(ramp_dataset: Path, tmp_path: Path) -> None:
+    """torchrun + DDP with the gloo backend: replicas stay equal (checked inside) and a policy is written."""
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(
+        "policy:\n  shape_meta:\n    obs:\n      pos: {type: low_dim, shape: [2]}\n    action: {dim: 1}\n"
+        "  unet: {down_dims: [16, 32], step_embed_dim: 16}\n"
+        f"data: {{path: {ramp_dataset}, val_ratio: 0.1}}\n"
+        f"train: {{output_dir: {tmp_path / 'out'}, batch_size: 16, num_steps: 6, checkpoint_every: 3, val_every: 3, device: cpu}}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         "-m", "dp_core.train", "--config", str(cfg)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "out" / "policy.safetensors").is_file()
+    assert load_training_state(tmp_path / "out" / "checkpoints" / "train_00000006.pt")["step"] == 6
