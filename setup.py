@@ -33,6 +33,7 @@ setup(
     entry_points={
         "console_scripts": [
             "dp-train = dp_core.train:main",
+            "dp-eval = dp_core.eval_pusht:main",
         ],
     },
 )

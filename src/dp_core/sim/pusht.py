@@ -59,7 +59,7 @@ _WALL_RGB = (211, 211, 211)
 class PushTConfig:
     """Push-T settings; the defaults are the paper's task."""
 
-    render_size: int = 96
+    render_size: int = 96  # side of the ``image`` observation; 0 leaves it out (state-only use)
     max_steps: int = 300
     control_hz: float = 10
     physics_hz: float = 100
@@ -247,10 +247,12 @@ class PushTEnv:
     def _obs(self) -> dict[str, np.ndarray]:
         agent = np.array(self._agent.position, dtype=np.float32)
         pose = self._block_pose()
-        return {
+        obs = {
             "agent_pos": agent,
             "block_pose": pose.astype(np.float32),
             "keypoint": _to_world(LOCAL_KEYPOINTS, pose).astype(np.float32),
             "state": np.concatenate([agent, pose.astype(np.float32)]),
-            "image": self.render(self.config.render_size),
         }
+        if self.config.render_size > 0:
+            obs["image"] = self.render(self.config.render_size)
+        return obs

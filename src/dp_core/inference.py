@@ -1,0 +1,104 @@
+"""Closed-loop inference: numpy observations in, action chunks out, warm-started.
+
+:class:`PolicyRunner` is the one code path used by the simulator evaluation, the ROS 2
+policy node and bag replay: it batches the To observations, runs the policy on its
+device, and warm-starts each chunk from the previous one when that is recent enough.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .config import ShapeMeta
+from .policy import DiffusionPolicy, shift_chunk
+
+
+@dataclass
+class ChunkResult:
+    chunk: np.ndarray  # (Tp, A), index To - 1 is the action for the newest observation's step
+    latency_s: float
+    warm: bool
+
+
+@dataclass
+class PolicyRunner:
+    """Runs ``policy`` on ``{key: (To, ...)}`` numpy observations taken ``dt`` apart.
+
+    ``infer(obs, t)``: ``t`` is the time of the newest observation (seconds or steps * dt).
+    The previous chunk is reused as a warm start when the new ``t`` is a whole number
+    of steps after it, at most ``horizon - n_obs_steps`` steps; otherwise sampling starts cold.
+    """
+
+    policy: DiffusionPolicy
+    dt: float = 0.1
+    warm_start: bool = True
+    seed: int | None = None
+    _prev: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _prev_t: float = field(default=0.0, init=False, repr=False)
+    _generator: torch.Generator | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.policy.eval()
+        self.reset()
+
+    @property
+    def shape_meta(self) -> ShapeMeta:
+        return self.policy.cfg.shape_meta
+
+    def reset(self) -> None:
+        """Forget the previous chunk (new episode)."""
+        self._prev = None
+        if self.seed is not None:
+            self._generator = torch.Generator(device=self.policy.device).manual_seed(self.seed)
+
+    def _warm_guess(self, t: float) -> torch.Tensor | None:
+        if not self.warm_start or self._prev is None:
+            return None
+        steps = (t - self._prev_t) / self.dt
+        shift = round(steps)
+        cfg = self.policy.cfg
+        if abs(steps - shift) > 0.25 or not 0 < shift <= cfg.horizon - cfg.n_obs_steps:
+            return None
+        return shift_chunk(self._prev, shift)
+
+    def infer(self, obs: dict[str, np.ndarray], t: float) -> ChunkResult:
+        start = time.perf_counter()
+        device = self.policy.device
+        batch = {}
+        for key in self.shape_meta.obs:
+            if key not in obs:
+                raise KeyError(f"observation '{key}' missing; policy expects {list(self.shape_meta.obs)}")
+            batch[key] = torch.as_tensor(np.asarray(obs[key]))[None].to(device, non_blocking=True)
+        guess = self._warm_guess(t)
+        pred = self.policy.predict_action(batch, warm_start=guess, generator=self._generator)["action_pred"]
+        self._prev, self._prev_t = pred, t
+        chunk = pred[0].float().cpu().numpy()
+        return ChunkResult(chunk, time.perf_counter() - start, guess is not None)
+
+
+def stack_history(history: list[dict[str, np.ndarray]], shape_meta: ShapeMeta, n_obs_steps: int) -> dict[str, np.ndarray]:
+    """Stack the last ``n_obs_steps`` per-step observations, repeating the oldest if fewer."""
+    if not history:
+        raise ValueError("no observations yet")
+    steps = list(history[-n_obs_steps:])
+    steps = [steps[0]] * (n_obs_steps - len(steps)) + steps
+    return {k: np.stack([s[k] for s in steps]) for k in shape_meta.obs}
+
+
+def observation_from_sources(sources: dict[str, np.ndarray], shape_meta: ShapeMeta) -> dict[str, np.ndarray]:
+    """One step's observation by the same mapping the dataset uses (``source`` and ``columns``)."""
+    out = {}
+    for key, spec in shape_meta.obs.items():
+        if spec.source not in sources:
+            raise KeyError(f"observation '{key}' needs source '{spec.source}'; have {sorted(sources)}")
+        value = np.asarray(sources[spec.source])
+        if spec.type == "low_dim":
+            value = value.reshape(-1).astype(np.float32)
+            if spec.columns is not None:
+                value = value[spec.columns[0] : spec.columns[1]]
+        out[key] = value
+    return out
