@@ -154,6 +154,19 @@ class PushTEnv:
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, dict[str, float | bool | int]]:
         """Drive the agent toward ``action`` (target x, y in pixels) for one control period."""
+        self.advance(action, self._substeps)
+        self._steps += 1
+        coverage = self.coverage()
+        success = coverage > self.config.success_threshold
+        done = success or self._steps >= self.config.max_steps
+        return self._obs(), coverage, done, {"coverage": coverage, "success": success, "step": self._steps}
+
+    def advance(self, action: np.ndarray, substeps: int = 1) -> None:
+        """Run ``substeps`` physics steps (1 / physics_hz each) with the PD controller toward ``action``.
+
+        ``step`` is ``advance`` for one control period plus bookkeeping; a real-time simulator
+        calls ``advance(target, 1)`` at the physics rate with the latest commanded target.
+        """
         if self._space is None:
             raise RuntimeError("call reset() before step()")
         target = np.asarray(action, dtype=np.float64)
@@ -163,16 +176,15 @@ class PushTEnv:
             raise ValueError(f"action must be finite, got {target}")
         kp, kd, dt = self.config.kp, self.config.kd, self._dt
         tx, ty = float(target[0]), float(target[1])
-        for _ in range(self._substeps):
+        for _ in range(substeps):
             (px, py), (vx, vy) = self._agent.position, self._agent.velocity
             ax, ay = kp * (tx - px) + kd * (0.0 - vx), kp * (ty - py) + kd * (0.0 - vy)
             self._agent.velocity = (vx + ax * dt, vy + ay * dt)
             self._space.step(dt)
-        self._steps += 1
-        coverage = self.coverage()
-        success = coverage > self.config.success_threshold
-        done = success or self._steps >= self.config.max_steps
-        return self._obs(), coverage, done, {"coverage": coverage, "success": success, "step": self._steps}
+
+    def observe(self) -> dict[str, np.ndarray]:
+        """The current observation (as returned by ``reset`` and ``step``)."""
+        return self._obs()
 
     def coverage(self) -> float:
         """Fraction of the goal area covered by the block."""

@@ -1,0 +1,39 @@
+"""Scored Push-T evaluation through the ROS 2 nodes: N episodes in the simulated cell, then the score.
+
+    ros2 launch dp_bringup pusht_eval.launch.py num_episodes:=20 checkpoint:=/path/to/policy.safetensors
+
+The simulator prints `PUSHT_SCORE <score> over <n> episodes` (and writes report_path when given) and
+the launch shuts down. Same nodes and topics as ur5_pusht.launch.py with sim:=true.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration
+
+FORWARDED = ("checkpoint", "config", "device", "seed", "extra_latency", "latency_compensation", "log_level")
+
+
+def generate_launch_description() -> LaunchDescription:
+    main = os.path.join(get_package_share_directory("dp_bringup"), "launch", "ur5_pusht.launch.py")
+    args = [
+        DeclareLaunchArgument("num_episodes", default_value="20", description="episodes to score"),
+        DeclareLaunchArgument("checkpoint", default_value="", description="policy file; default: bundled model"),
+        DeclareLaunchArgument("config", default_value="", description="node parameter file; default config/pusht_sim.yaml"),
+        DeclareLaunchArgument("device", default_value="auto", description="auto, cpu, cuda"),
+        DeclareLaunchArgument("seed", default_value="100000", description="seed of the first episode"),
+        DeclareLaunchArgument("extra_latency", default_value="0.0", description="artificial observation-to-chunk delay (s)"),
+        DeclareLaunchArgument("latency_compensation", default_value="true", description="executor latency compensation"),
+        DeclareLaunchArgument("log_level", default_value="info", description="log level of all nodes"),
+    ]
+    include = IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(main),
+        launch_arguments={"sim": "true", "num_episodes": LaunchConfiguration("num_episodes"),
+                          **{k: LaunchConfiguration(k) for k in FORWARDED}}.items(),
+    )
+    return LaunchDescription([*args, include])

@@ -1,0 +1,86 @@
+"""Diffusion Policy Push-T cell: simulated (default) or a real UR5 with RealSense cameras.
+
+    ros2 launch dp_bringup ur5_pusht.launch.py                       # simulated cell, bundled model
+    ros2 launch dp_bringup ur5_pusht.launch.py sim:=false robot_ip:=192.168.1.10 \
+        camera_serials:="['123456789012', '210987654321']" checkpoint:=/path/to/policy.safetensors
+"""
+
+from __future__ import annotations
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, Shutdown
+from launch.event_handlers import OnProcessExit
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+PKG = "dp_bringup"
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def launch_setup(context, *_, **__):
+    share = get_package_share_directory(PKG)
+    arg = {name: LaunchConfiguration(name).perform(context) for name in
+           ("sim", "checkpoint", "config", "device", "robot_ip", "camera_serials", "num_episodes",
+            "seed", "extra_latency", "latency_compensation", "log_level")}
+    sim = _truthy(arg["sim"])
+    config = arg["config"] or os.path.join(share, "config", "pusht_sim.yaml" if sim else "ur5_real.yaml")
+    checkpoint = arg["checkpoint"] or os.path.join(share, "models", "pusht_state_unet_small.safetensors")
+    common = {"output": "screen", "emulate_tty": True, "arguments": ["--ros-args", "--log-level", arg["log_level"]]}
+    nodes = [
+        Node(package=PKG, executable="policy_node", name="policy", **common,
+             parameters=[config, {"checkpoint": checkpoint, "device": arg["device"],
+                                  "extra_latency_s": float(arg["extra_latency"])}]),
+        Node(package=PKG, executable="action_executor", name="action_executor", **common,
+             parameters=[config, {"latency_compensation": _truthy(arg["latency_compensation"])}]),
+    ]
+    if sim:
+        sim_node = Node(package=PKG, executable="pusht_sim", name="pusht_sim", **common,
+                        parameters=[config, {"num_episodes": int(arg["num_episodes"]), "seed": int(arg["seed"])}])
+        nodes.append(sim_node)
+        if int(arg["num_episodes"]) > 0:  # scored run: the whole launch ends with the simulator's report
+            nodes.append(RegisterEventHandler(OnProcessExit(target_action=sim_node, on_exit=[Shutdown()])))
+    else:
+        if not arg["robot_ip"]:
+            raise RuntimeError("sim:=false needs robot_ip:=<UR controller address>")
+        nodes += [
+            Node(package=PKG, executable="ur_driver", name="ur_driver", **common,
+                 parameters=[config, {"robot_ip": arg["robot_ip"]}]),
+            Node(package=PKG, executable="cameras", name="cameras", **common,
+                 parameters=[config] + ([{"serials": _serials(arg["camera_serials"])}] if arg["camera_serials"] else [])),
+        ]
+    return nodes
+
+
+def _serials(text: str) -> list[str]:
+    return [s.strip().strip("'\"") for s in text.strip("[]").split(",") if s.strip()]
+
+
+def generate_launch_description() -> LaunchDescription:
+    args = [
+        DeclareLaunchArgument("sim", default_value="true", choices=["true", "false"],
+                              description="true: simulated Push-T cell; false: UR driver and RealSense cameras"),
+        DeclareLaunchArgument("checkpoint", default_value="",
+                              description="policy file (.safetensors); default: the bundled Push-T model"),
+        DeclareLaunchArgument("config", default_value="",
+                              description="node parameter file; default config/pusht_sim.yaml or config/ur5_real.yaml"),
+        DeclareLaunchArgument("device", default_value="auto", description="auto (CUDA if available), cpu, cuda, cuda:1"),
+        DeclareLaunchArgument("robot_ip", default_value="", description="UR controller IP address (sim:=false)"),
+        DeclareLaunchArgument("camera_serials", default_value="",
+                              description="RealSense serial numbers, e.g. \"['0123', '4567']\" (sim:=false)"),
+        DeclareLaunchArgument("num_episodes", default_value="0",
+                              description="sim: stop after this many episodes and print the score (0: run forever)"),
+        DeclareLaunchArgument("seed", default_value="100000", description="sim: seed of the first episode"),
+        DeclareLaunchArgument("extra_latency", default_value="0.0",
+                              description="artificial delay (s) between observation and chunk, for latency tests"),
+        DeclareLaunchArgument("latency_compensation", default_value="true", choices=["true", "false"],
+                              description="executor schedules actions from the observation stamp (paper) or from arrival"),
+        DeclareLaunchArgument("log_level", default_value="info", choices=["debug", "info", "warn", "error"],
+                              description="log level of all nodes"),
+    ]
+    return LaunchDescription([*args, OpaqueFunction(function=launch_setup)])

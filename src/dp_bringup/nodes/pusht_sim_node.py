@@ -1,0 +1,169 @@
+"""Simulated Push-T cell: the same topics as the real cell (camera, TCP pose, servo target).
+
+Physics runs in real time in its own thread (dp_core.sim.pusht_cell); this node publishes
+the camera image and the agent pose at their rates with the current ROS time, plus the
+block pose, keypoints and coverage for evaluation, and follows `/robot/servo_target`.
+With `num_episodes > 0` it prints a JSON score report after that many episodes and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Pose, PoseArray, PoseStamped
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Float64
+
+from dp_bringup.ros_image import numpy_to_image
+from dp_core.sim.pusht import PushTConfig, pusht_score
+from dp_core.sim.pusht_cell import CellEpisode, PushTCell
+
+
+class PushTSimNode(Node):
+    def __init__(self) -> None:
+        super().__init__("pusht_sim")
+        p = {
+            "seed": self.declare_parameter("seed", 100_000).value,
+            "episode_s": self.declare_parameter("episode_s", 30.0).value,
+            "num_episodes": self.declare_parameter("num_episodes", 0).value,
+            "render_size": self.declare_parameter("render_size", 96).value,
+            "camera_rate_hz": self.declare_parameter("camera_rate_hz", 30.0).value,
+            "state_rate_hz": self.declare_parameter("state_rate_hz", 125.0).value,
+            "camera_name": self.declare_parameter("camera_name", "camera_0").value,
+            "frame_id": self.declare_parameter("frame_id", "pusht_world").value,
+            "command_topic": self.declare_parameter("command_topic", "/robot/servo_target").value,
+            "report_path": self.declare_parameter("report_path", "").value,
+        }
+        self.p = p
+        self.finished = threading.Event()
+        self.cell = PushTCell(PushTConfig(render_size=p["render_size"]), p["seed"], p["episode_s"], self._on_episode_end)
+        cam = f"/{p['camera_name']}/color"
+        self.image_pub = self.create_publisher(Image, f"{cam}/image_raw", qos_profile_sensor_data)
+        self.info_pub = self.create_publisher(CameraInfo, f"{cam}/camera_info", qos_profile_sensor_data)
+        self.tcp_pub = self.create_publisher(PoseStamped, "/robot/tcp_pose", qos_profile_sensor_data)
+        self.kp_pub = self.create_publisher(PoseArray, "/pusht/keypoints", qos_profile_sensor_data)
+        self.block_pub = self.create_publisher(PoseStamped, "/pusht/block_pose", 10)
+        self.cov_pub = self.create_publisher(Float64, "/pusht/coverage", 10)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_subscription(PoseStamped, p["command_topic"], self._on_target, 10)
+        self.create_timer(1.0 / p["camera_rate_hz"], self._publish_camera)
+        self.create_timer(1.0 / p["state_rate_hz"], self._publish_state)
+        self.create_timer(0.1, self._publish_coverage)
+        self.create_timer(2.0, self._log_progress)
+        self.create_timer(1.0, self._publish_diagnostics)
+        self.cell.start()
+        self.get_logger().info(
+            f"Push-T cell running: seed {p['seed']}, {p['episode_s']:.0f} s episodes, "
+            f"camera {cam}/image_raw at {p['camera_rate_hz']:.0f} Hz"
+        )
+
+    def _on_target(self, msg: PoseStamped) -> None:
+        self.cell.set_target(np.array([msg.pose.position.x, msg.pose.position.y]))
+
+    def _publish_camera(self) -> None:
+        obs, _, _ = self.cell.snapshot()
+        stamp = self.get_clock().now().to_msg()
+        img = numpy_to_image(obs["image"], "rgb8", stamp, self.p["camera_name"])
+        self.image_pub.publish(img)
+        size = obs["image"].shape[0]
+        info = CameraInfo(header=img.header, height=size, width=size)
+        self.info_pub.publish(info)
+
+    def _publish_state(self) -> None:
+        obs, _, _ = self.cell.snapshot()
+        now = self.get_clock().now().to_msg()
+        tcp = PoseStamped()
+        tcp.header.stamp, tcp.header.frame_id = now, self.p["frame_id"]
+        tcp.pose.position.x, tcp.pose.position.y = float(obs["agent_pos"][0]), float(obs["agent_pos"][1])
+        tcp.pose.orientation.w = 1.0
+        self.tcp_pub.publish(tcp)
+        kps = PoseArray()
+        kps.header = tcp.header
+        for x, y in obs["keypoint"]:
+            pose = Pose()
+            pose.position.x, pose.position.y, pose.orientation.w = float(x), float(y), 1.0
+            kps.poses.append(pose)
+        self.kp_pub.publish(kps)
+        block = PoseStamped()
+        block.header = tcp.header
+        bx, by, angle = (float(v) for v in obs["block_pose"])
+        block.pose.position.x, block.pose.position.y = bx, by
+        block.pose.orientation.z, block.pose.orientation.w = math.sin(angle / 2), math.cos(angle / 2)
+        self.block_pub.publish(block)
+
+    def _publish_coverage(self) -> None:
+        _, coverage, _ = self.cell.snapshot()
+        self.cov_pub.publish(Float64(data=float(coverage)))
+        if self.finished.is_set():
+            raise SystemExit(0)
+
+    def _log_progress(self) -> None:
+        _, coverage, episode = self.cell.snapshot()
+        self.get_logger().info(f"episode {episode}: coverage {coverage:.3f}")
+
+    def _on_episode_end(self, ep: CellEpisode) -> None:
+        """Runs in the physics thread: log, and stop after num_episodes."""
+        self.get_logger().info(
+            f"episode {ep.index} (seed {ep.seed}) done after {ep.duration_s:.1f} s: max coverage "
+            f"{ep.max_coverage:.3f}{' SUCCESS' if ep.success else ''}; score so far {self.cell.score():.3f} "
+            f"over {len(self.cell.results)} episodes"
+        )
+        n = self.p["num_episodes"]
+        if n > 0 and len(self.cell.results) >= n:
+            self.finished.set()
+
+    def report(self) -> dict:
+        n = self.p["num_episodes"]
+        results = self.cell.results[:n] if n > 0 else self.cell.results
+        return {
+            "episodes": len(results),
+            "score": pusht_score([r.max_coverage for r in results]) if results else 0.0,
+            "mean_max_coverage": float(np.mean([r.max_coverage for r in results])) if results else 0.0,
+            "success_rate": float(np.mean([r.success for r in results])) if results else 0.0,
+            "per_episode": [vars(r) for r in results],
+        }
+
+    def _publish_diagnostics(self) -> None:
+        _, coverage, episode = self.cell.snapshot()
+        status = DiagnosticStatus(level=DiagnosticStatus.OK, name="pusht_sim", message="running")
+        status.values = [
+            KeyValue(key="episode", value=str(episode)),
+            KeyValue(key="coverage", value=f"{coverage:.4f}"),
+            KeyValue(key="score_so_far", value=f"{self.cell.score():.4f}"),
+        ]
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(msg)
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = PushTSimNode()
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException, SystemExit):
+        pass
+    finally:
+        node.cell.stop()
+        if node.p["num_episodes"] > 0:
+            report = node.report()
+            text = json.dumps(report, indent=2)
+            print(f"PUSHT_SCORE {report['score']:.4f} over {report['episodes']} episodes", flush=True)
+            if node.p["report_path"]:
+                with open(node.p["report_path"], "w") as f:
+                    f.write(text)
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Latency-compensated execution of action chunks (the paper's real-robot scheme).
+
+A chunk computed from the observation at ``stamp`` holds actions due at ``stamp + (i + 1) * dt``.
+By the time it arrives, inference latency has made its first actions late: those due at or before
+``now + latency_margin`` are dropped, and the rest replace whatever was scheduled from the first
+kept action onward. Sent actions are clamped to a workspace box and their step from the previously
+sent action is limited; a watchdog stops execution when chunks stop coming.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+_EPS = 1e-9  # s: times this close count as equal (float noise in stamp + (i + 1) * dt)
+
+
+@dataclass(frozen=True)
+class ScheduledAction:
+    due: float
+    action: np.ndarray  # (A,), clamped and step-limited
+
+
+@dataclass(frozen=True)
+class ChunkStats:
+    """What :meth:`ActionSchedule.add_chunk` did with one chunk."""
+
+    received: int
+    dropped: int  # due at or before now + latency_margin
+    replaced: int  # previously scheduled actions this chunk overrode
+    clamped: int  # actions moved into the workspace
+    first_due: float | None  # due time of the first kept action; None when all were dropped
+
+
+@dataclass
+class ScheduleStats:
+    """Running totals for diagnostics (actions unless named otherwise)."""
+
+    chunks: int = 0
+    received: int = 0
+    dropped: int = 0  # late on arrival
+    replaced: int = 0  # overridden by a newer chunk (normal in receding-horizon control)
+    expired: int = 0  # discarded unsent when the watchdog fired
+    clamped: int = 0
+    limited: int = 0
+    sent: int = 0
+
+    @property
+    def fraction_dropped(self) -> float:
+        return self.dropped / self.received if self.received else 0.0
+
+
+class ActionSchedule:
+    """A time-ordered queue of actions fed by chunks and drained by a fast clock.
+
+    ``max_step`` bounds the Euclidean norm of the difference between consecutive sent actions
+    (``None``: no limit). A longer step is shortened along its direction, so the commanded path keeps
+    its shape and, the workspace being a box, stays inside it. The first action ever sent has no
+    predecessor and is not limited.
+
+    Watchdog: :meth:`hold` is true when no chunk scheduled an action within ``watchdog_s`` (or none
+    ever did; chunks whose actions were all late do not count). While holding, :meth:`pop_due` sends
+    nothing and discards the whole schedule, which was planned from observations older than the
+    watchdog: the caller publishes nothing, so the robot holds the last sent waypoint, and execution
+    resumes only from a fresh chunk.
+    """
+
+    def __init__(
+        self,
+        dt: float,
+        *,
+        workspace_min: Sequence[float],
+        workspace_max: Sequence[float],
+        max_step: float | None = None,
+        latency_margin: float = 0.01,
+        watchdog_s: float = 0.5,
+    ) -> None:
+        lo, hi = np.asarray(workspace_min, float), np.asarray(workspace_max, float)
+        if lo.ndim != 1 or lo.size == 0 or lo.shape != hi.shape or not np.all(lo <= hi):
+            raise ValueError(f"workspace_min {lo.tolist()} and workspace_max {hi.tolist()} must be equally long "
+                             "non-empty lists with min <= max")
+        if not (dt > 0 and watchdog_s > 0 and latency_margin >= 0) or (max_step is not None and not max_step > 0):
+            raise ValueError(f"need dt > 0, watchdog_s > 0, latency_margin >= 0 and max_step > 0 or None; got "
+                             f"dt={dt}, watchdog_s={watchdog_s}, latency_margin={latency_margin}, max_step={max_step}")
+        self.dt = float(dt)
+        self.latency_margin = float(latency_margin)
+        self.watchdog_s = float(watchdog_s)
+        self.max_step = max_step
+        self.workspace_min, self.workspace_max = lo, hi
+        self.stats = ScheduleStats()
+        self._due: list[float] = []
+        self._actions: list[np.ndarray] = []
+        self._last_sent: np.ndarray | None = None
+        self._last_chunk: float | None = None
+
+    @property
+    def dim(self) -> int:
+        return self.workspace_min.size
+
+    @property
+    def pending(self) -> int:
+        return len(self._due)
+
+    @property
+    def last_chunk_time(self) -> float | None:
+        """``now`` of the last chunk that scheduled an action."""
+        return self._last_chunk
+
+    def add_chunk(self, stamp: float, actions: np.ndarray, now: float) -> ChunkStats:
+        """Schedule ``actions`` (N, A); action i is due at ``stamp + (i + 1) * dt``.
+
+        Raises ``ValueError`` (leaving the schedule untouched) on a wrong shape or non-finite values.
+        """
+        arr = np.asarray(actions, dtype=float)
+        if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] != self.dim:
+            raise ValueError(f"action chunk must have shape (N >= 1, {self.dim}); got {arr.shape}")
+        if not np.isfinite(arr).all():
+            rows = np.flatnonzero(~np.isfinite(arr).all(axis=1)).tolist()
+            raise ValueError(f"action chunk has NaN/inf values in rows {rows}")
+        if not (math.isfinite(stamp) and math.isfinite(now)):
+            raise ValueError(f"stamp and now must be finite; got stamp={stamp}, now={now}")
+        n = arr.shape[0]
+        due = stamp + self.dt * np.arange(1, n + 1)
+        first = int(np.count_nonzero(due <= now + self.latency_margin + _EPS))
+        self.stats.chunks += 1
+        self.stats.received += n
+        self.stats.dropped += first
+        if first == n:
+            return ChunkStats(n, first, 0, 0, None)
+        kept = np.clip(arr[first:], self.workspace_min, self.workspace_max)
+        clamped = int(np.count_nonzero((kept != arr[first:]).any(axis=1)))
+        cut = bisect.bisect_left(self._due, float(due[first]) - _EPS)
+        replaced = len(self._due) - cut
+        self._due[cut:] = due[first:].tolist()
+        self._actions[cut:] = list(kept)
+        self._last_chunk = float(now)
+        self.stats.replaced += replaced
+        self.stats.clamped += clamped
+        return ChunkStats(n, first, replaced, clamped, float(due[first]))
+
+    def pop_due(self, now: float) -> list[ScheduledAction]:
+        """Remove and return the actions due at or before ``now``, in due order, step-limited.
+
+        When the caller was late and several are due, all are sent in order rather than only the
+        newest: each is still limited relative to its predecessor, and skipping the intermediate
+        waypoints would turn the policy's path into a straight chord that can cut corners in contact.
+        Their stamps stay their (past) due times so the receiver can see they are late.
+        """
+        if self.hold(now):
+            self.stats.expired += len(self._due)
+            self._due.clear()
+            self._actions.clear()
+            return []
+        n = bisect.bisect_right(self._due, now + _EPS)
+        out = [ScheduledAction(due, self._limit(a)) for due, a in zip(self._due[:n], self._actions[:n])]
+        del self._due[:n], self._actions[:n]
+        self.stats.sent += n
+        return out
+
+    def hold(self, now: float) -> bool:
+        """True when no chunk scheduled an action within the last ``watchdog_s`` (or ever)."""
+        return self._last_chunk is None or now - self._last_chunk > self.watchdog_s
+
+    def _limit(self, action: np.ndarray) -> np.ndarray:
+        if self.max_step is not None and self._last_sent is not None:
+            step = action - self._last_sent
+            norm = float(np.linalg.norm(step))
+            if norm > self.max_step:
+                action = self._last_sent + step * (self.max_step / norm)
+                self.stats.limited += 1
+        self._last_sent = action.copy()
+        return action

@@ -1,0 +1,142 @@
+"""Time-aligned observation history for closed-loop control.
+
+Every stream (camera frames, robot state, ...) arrives at its own rate with jittered stamps.
+:class:`ObsBuffer` keeps the newest samples of each stream and, like the real-robot code of the
+Diffusion Policy paper, hands the policy ``n_obs_steps`` observations on a regular grid ``dt``
+apart that ends at the newest time *every* stream has reached, taking for each grid time the last
+sample of each stream at or before it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+_EPS = 1e-9  # s: a sample this close after a target time still counts as "at" it (float noise in t0 - k*dt)
+
+
+class RefusalKind(enum.Enum):
+    EMPTY = "empty"
+    STALE = "stale"
+    NO_HISTORY = "no_history"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why :meth:`ObsBuffer.get` returned nothing.
+
+    ``seconds``: for ``STALE`` the age of the stream's newest sample; for ``NO_HISTORY`` how far the
+    stream's oldest sample lies after the target time it should cover. ``limit`` is the bound it broke.
+    """
+
+    kind: RefusalKind
+    stream: str
+    seconds: float = 0.0
+    limit: float = 0.0
+
+    @property
+    def message(self) -> str:
+        if self.kind is RefusalKind.EMPTY:
+            return f"no samples yet on stream '{self.stream}'"
+        if self.kind is RefusalKind.STALE:
+            return (f"stream '{self.stream}' is stale: its newest sample is {self.seconds:.3f} s old "
+                    f"(max_age {self.limit:.3f} s)")
+        return (f"stream '{self.stream}' has too little history: its oldest sample is {self.seconds:.3f} s "
+                f"after the earliest observation time (tolerance {self.limit:.3f} s)")
+
+
+@dataclass(frozen=True)
+class AlignedObs:
+    """``n_obs_steps`` aligned observations, oldest first; ``stamp`` is the newest grid time t0."""
+
+    stamp: float
+    values: dict[str, np.ndarray]  # stream -> (n_obs_steps, *sample_shape)
+    sample_stamps: dict[str, list[float]]  # stream -> stamp of each sample used
+
+
+class ObsBuffer:
+    """Keeps the last ``capacity`` samples of each stream and aligns them on a ``dt`` grid.
+
+    ``capacity`` must cover ``n_obs_steps * dt`` at the fastest stream's rate (e.g. 64 samples are
+    0.5 s at 125 Hz). Samples may arrive out of order; a sample with an existing stamp replaces it.
+    """
+
+    def __init__(self, streams: list[str], n_obs_steps: int, dt: float, max_age: float, capacity: int = 64) -> None:
+        if not streams or len(set(streams)) != len(streams):
+            raise ValueError(f"streams must be non-empty and unique; got {streams}")
+        if n_obs_steps < 1 or capacity < 1:
+            raise ValueError(f"n_obs_steps and capacity must be >= 1; got {n_obs_steps}, {capacity}")
+        if not (dt > 0 and max_age > 0):
+            raise ValueError(f"dt and max_age must be > 0; got {dt}, {max_age}")
+        self.n_obs_steps = n_obs_steps
+        self.dt = float(dt)
+        self.max_age = float(max_age)
+        self.capacity = capacity
+        self._stamps: dict[str, list[float]] = {s: [] for s in streams}
+        self._values: dict[str, list[np.ndarray]] = {s: [] for s in streams}
+        self.refusal: Refusal | None = None  # why the last get() returned None
+
+    @property
+    def streams(self) -> list[str]:
+        return list(self._stamps)
+
+    def stamps(self, stream: str) -> list[float]:
+        """The stamps held for ``stream``, oldest first."""
+        return list(self._stamps[self._check(stream)])
+
+    def add(self, stream: str, stamp: float, value: np.ndarray) -> None:
+        """Insert one sample in stamp order, dropping the oldest beyond ``capacity``."""
+        stamps, values = self._stamps[self._check(stream)], self._values[stream]
+        stamp = float(stamp)
+        if not math.isfinite(stamp):
+            raise ValueError(f"stream '{stream}': stamp must be finite; got {stamp}")
+        value = np.array(value)
+        if values and value.shape != values[0].shape:
+            raise ValueError(f"stream '{stream}': sample shape {value.shape} != {values[0].shape} of earlier samples")
+        i = bisect.bisect_left(stamps, stamp)
+        if i < len(stamps) and stamps[i] == stamp:
+            values[i] = value
+            return
+        stamps.insert(i, stamp)
+        values.insert(i, value)
+        if len(stamps) > self.capacity:
+            del stamps[0], values[0]
+
+    def get(self, now: float) -> AlignedObs | None:
+        """The aligned observation ending at t0 = min over streams of their newest stamp.
+
+        Returns ``None`` and sets :attr:`refusal` when a stream is empty, when ``now - t0 > max_age``
+        (the stream whose newest sample is t0 is reported stale), or when a stream has no sample at or
+        before a target time and its oldest sample is more than ``dt / 2`` after it.
+        """
+        self.refusal = None
+        for stream, stamps in self._stamps.items():
+            if not stamps:
+                return self._refuse(Refusal(RefusalKind.EMPTY, stream))
+        oldest_latest = min(self._stamps, key=lambda s: self._stamps[s][-1])
+        t0 = self._stamps[oldest_latest][-1]
+        if now - t0 > self.max_age:
+            return self._refuse(Refusal(RefusalKind.STALE, oldest_latest, now - t0, self.max_age))
+        targets = [t0 - k * self.dt for k in range(self.n_obs_steps - 1, -1, -1)]
+        values, sample_stamps = {}, {}
+        for stream, stamps in self._stamps.items():
+            gap = stamps[0] - targets[0]
+            if gap > self.dt / 2 + _EPS:
+                return self._refuse(Refusal(RefusalKind.NO_HISTORY, stream, gap, self.dt / 2))
+            idx = [max(bisect.bisect_right(stamps, t + _EPS) - 1, 0) for t in targets]
+            values[stream] = np.stack([self._values[stream][i] for i in idx])
+            sample_stamps[stream] = [stamps[i] for i in idx]
+        return AlignedObs(t0, values, sample_stamps)
+
+    def _refuse(self, refusal: Refusal) -> None:
+        self.refusal = refusal
+        return None
+
+    def _check(self, stream: str) -> str:
+        if stream not in self._stamps:
+            raise KeyError(f"unknown stream '{stream}'; expected one of {self.streams}")
+        return stream

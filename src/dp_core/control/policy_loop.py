@@ -1,0 +1,64 @@
+"""The policy node's logic without ROS: time-aligned observations in, timed action chunks out."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..inference import PolicyRunner
+from .obs_buffer import ObsBuffer, Refusal
+
+
+@dataclass
+class TimedChunk:
+    """Actions ``chunk[To - 1:]``; action ``i`` is due at ``stamp + (i + 1) * dt``."""
+
+    stamp: float
+    actions: np.ndarray
+    latency_s: float
+    warm: bool
+
+
+class PolicyLoop:
+    """Buffers samples per observation key and runs the policy on the aligned To-step window.
+
+    Thread-safe: sensor callbacks may ``add`` while another thread runs ``tick``.
+    """
+
+    def __init__(self, runner: PolicyRunner, dt: float, max_age: float) -> None:
+        cfg = runner.policy.cfg
+        self.runner = runner
+        self.dt = dt
+        self.specs = cfg.shape_meta.obs
+        self.n_obs_steps = cfg.n_obs_steps
+        self.buffer = ObsBuffer(list(self.specs), cfg.n_obs_steps, dt, max_age)
+        self._lock = threading.Lock()
+
+    @property
+    def refusal(self) -> Refusal | None:
+        return self.buffer.refusal
+
+    def add(self, key: str, stamp: float, value: np.ndarray) -> None:
+        """One sample of observation ``key``; images are resized to the policy's input size."""
+        spec = self.specs[key]
+        value = np.asarray(value)
+        if spec.type == "rgb":
+            h, w = spec.shape[:2]
+            if value.shape[:2] != (h, w):
+                value = cv2.resize(value, (w, h), interpolation=cv2.INTER_AREA)
+        elif value.shape != tuple(spec.shape):
+            raise ValueError(f"observation '{key}' has shape {value.shape}, the policy expects {tuple(spec.shape)}")
+        with self._lock:
+            self.buffer.add(key, stamp, value)
+
+    def tick(self, now: float) -> TimedChunk | None:
+        """Run the policy when the buffer holds a fresh aligned window; else ``None`` (see :attr:`refusal`)."""
+        with self._lock:
+            aligned = self.buffer.get(now)
+        if aligned is None:
+            return None
+        result = self.runner.infer(aligned.values, aligned.stamp)
+        return TimedChunk(aligned.stamp, result.chunk[self.n_obs_steps - 1 :], result.latency_s, result.warm)

@@ -1,0 +1,118 @@
+"""Push-T as a real-time cell: physics at its own rate toward the latest commanded target.
+
+The ROS node wraps this class; it is plain Python so that the episode logic is tested
+without ROS. ``tick`` advances one physics step; ``run`` calls it in real time from a thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .pusht import PushTConfig, PushTEnv, pusht_score
+
+
+@dataclass
+class CellEpisode:
+    index: int
+    seed: int
+    max_coverage: float
+    duration_s: float
+    success: bool
+
+
+class PushTCell:
+    """One Push-T episode after another, in real time.
+
+    Episode ``k`` starts from seed ``seed + k`` and ends on success (coverage above the
+    threshold) or after ``episode_s`` seconds (300 control steps at 10 Hz by default).
+    Until a target arrives, the agent holds its position.
+    """
+
+    def __init__(
+        self,
+        config: PushTConfig | None = None,
+        seed: int = 100_000,
+        episode_s: float = 30.0,
+        on_episode_end: Callable[[CellEpisode], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.env = PushTEnv(config)
+        self.seed = seed
+        self.episode_s = episode_s
+        self.on_episode_end = on_episode_end
+        self.clock = clock
+        self.results: list[CellEpisode] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_episode(self.clock())
+
+    def _start_episode(self, now: float) -> None:
+        self._episode_seed = self.seed + len(self.results)
+        obs = self.env.reset(seed=self._episode_seed)
+        self._target = obs["agent_pos"].astype(np.float64)
+        self._episode_start = now
+        self._coverage = self._max_coverage = self.env.coverage()
+        self._obs = obs
+
+    @property
+    def physics_dt(self) -> float:
+        return 1.0 / self.env.config.physics_hz
+
+    def set_target(self, xy: np.ndarray) -> None:
+        xy = np.asarray(xy, dtype=np.float64).reshape(-1)[:2]
+        if xy.shape != (2,) or not np.all(np.isfinite(xy)):
+            raise ValueError(f"target must be 2 finite numbers, got {xy!r}")
+        with self._lock:
+            self._target = xy
+
+    def snapshot(self) -> tuple[dict[str, np.ndarray], float, int]:
+        """(latest observation, coverage, episode index), consistent with each other."""
+        with self._lock:
+            return self._obs, self._coverage, len(self.results)
+
+    def tick(self, now: float) -> CellEpisode | None:
+        """Advance one physics step; returns the finished episode when one ends."""
+        with self._lock:
+            self.env.advance(self._target, 1)
+            self._coverage = self.env.coverage()
+            self._max_coverage = max(self._max_coverage, self._coverage)
+            self._obs = self.env.observe()
+            success = self._coverage > self.env.config.success_threshold
+            if not success and now - self._episode_start < self.episode_s:
+                return None
+            done = CellEpisode(len(self.results), self._episode_seed, self._max_coverage, now - self._episode_start, success)
+            self.results.append(done)
+            self._start_episode(now)
+        if self.on_episode_end:
+            self.on_episode_end(done)
+        return done
+
+    def score(self) -> float:
+        return pusht_score([r.max_coverage for r in self.results]) if self.results else 0.0
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="pusht-physics", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+
+    def _run(self) -> None:
+        next_t = self.clock()
+        while not self._stop.is_set():
+            self.tick(self.clock())
+            next_t += self.physics_dt
+            delay = next_t - self.clock()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -0.5:  # fell far behind (machine overloaded): do not try to catch up
+                next_t = self.clock()

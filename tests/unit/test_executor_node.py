@@ -1,0 +1,127 @@
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from builtin_interfaces.msg import Duration, Time
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from dp_bringup.ros_conversions import action_to_pose, chunk_from_msg, pose_stamped, seconds_to_stamp, stamp_to_seconds
+
+REPO = Path(__file__).resolve().parents[2]
+FIXED = [0.0, 0.0, 0.3, 1.0, 0.0, 0.0, 0.0]
+
+
+def chunk_msg(stamp: Time, actions: list[list[float]], dt: float = 0.1) -> JointTrajectory:
+    msg = JointTrajectory(joint_names=["x", "y"])
+    msg.header.stamp = stamp
+    for i, a in enumerate(actions):
+        t = round((i + 1) * dt * 1e9)
+        since = Duration(sec=t // 10**9, nanosec=t % 10**9)
+        msg.points.append(JointTrajectoryPoint(positions=a, time_from_start=since))
+    return msg
+
+
+def test_chunk_from_msg() -> None:
+    msg = chunk_msg(Time(sec=100, nanosec=500_000_000), [[1, 2], [3, 4], [5, 6]])
+    stamp, actions, names = chunk_from_msg(msg, dt=0.1)
+    assert stamp == pytest.approx(100.5) and names == ["x", "y"]
+    np.testing.assert_array_equal(actions, [[1, 2], [3, 4], [5, 6]])
+
+
+def test_malformed_chunks_are_rejected() -> None:
+    with pytest.raises(ValueError, match="0 points"):
+        chunk_from_msg(chunk_msg(Time(), []))
+    bad = chunk_msg(Time(), [[1, 2], [3, 4]])
+    bad.points[1].positions = [3.0]
+    with pytest.raises(ValueError, match="point 1 has 1 positions"):
+        chunk_from_msg(bad)
+    with pytest.raises(ValueError, match="time_from_start 0.2000 s, expected"):
+        chunk_from_msg(chunk_msg(Time(), [[1, 2]], dt=0.2), dt=0.1)
+
+
+def test_action_to_pose_fills_the_rest_from_fixed_pose() -> None:
+    assert action_to_pose([10.0, 20.0], ["x", "y"], FIXED) == ([10.0, 20.0, 0.3], [1.0, 0.0, 0.0, 0.0])
+    assert action_to_pose([0.5], ["z"], FIXED)[0] == [0.0, 0.0, 0.5]
+    with pytest.raises(ValueError, match="'roll' is not one of"):
+        action_to_pose([1.0], ["roll"], FIXED)
+    with pytest.raises(ValueError, match="fixed_pose must be"):
+        action_to_pose([1.0], ["x"], FIXED[:3])
+    with pytest.raises(ValueError, match="unit quaternion"):
+        action_to_pose([1.0], ["x"], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+
+
+def test_stamps_and_pose_stamped() -> None:
+    assert seconds_to_stamp(1.9999999999) == Time(sec=2, nanosec=0)
+    assert seconds_to_stamp(1_700_000_000.25) == Time(sec=1_700_000_000, nanosec=250_000_000)
+    assert stamp_to_seconds(Time(sec=3, nanosec=5)) == pytest.approx(3.000000005)
+    msg = pose_stamped(12.5, "world", [1.0, 2.0, 3.0], [0.0, 0.0, 0.0, 1.0])
+    assert msg.header.stamp == Time(sec=12, nanosec=500_000_000) and msg.header.frame_id == "world"
+    assert (msg.pose.position.x, msg.pose.position.z, msg.pose.orientation.w) == (1.0, 3.0, 1.0)
+
+
+@pytest.mark.ros
+def test_node_publishes_waypoints_at_their_due_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import PoseStamped
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from dp_bringup.nodes.executor_node import ActionExecutorNode
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(150 + os.getpid() % 80))
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    executor = SingleThreadedExecutor(context=context)
+    nodes = []
+    try:
+        node = ActionExecutorNode(
+            context=context,
+            cli_args=["--ros-args", "--params-file", str(REPO / "config" / "pusht_sim.yaml")],
+            parameter_overrides=[Parameter("fixed_pose", value=FIXED)],
+        )
+        assert node.get_parameter("max_step").value == 80.0  # the YAML file's types fit the declarations
+        probe = rclpy.create_node("executor_probe", context=context)
+        nodes = [node, probe]
+        for n in nodes:
+            executor.add_node(n)
+        commands: list[tuple[PoseStamped, float]] = []
+        executed: list[PoseStamped] = []
+        diagnostics: list[DiagnosticArray] = []
+        probe.create_subscription(
+            PoseStamped, "/robot/servo_target", lambda m: commands.append((m, probe.get_clock().now().nanoseconds)), 10
+        )
+        probe.create_subscription(PoseStamped, "/executor/executed", executed.append, 10)
+        probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
+        pub = probe.create_publisher(JointTrajectory, "/policy/action_chunk", 10)
+
+        def spin_until(done, timeout: float) -> None:
+            deadline = time.monotonic() + timeout
+            while not done() and time.monotonic() < deadline:
+                executor.spin_once(timeout_sec=0.01)
+
+        spin_until(lambda: pub.get_subscription_count() > 0 and node.count_subscribers("/robot/servo_target") > 0, 2.0)
+        stamp = probe.get_clock().now().nanoseconds
+        actions = [[100.0, 100.0], [110.0, 100.0], [120.0, 100.0], [130.0, 100.0]]
+        pub.publish(chunk_msg(Time(sec=stamp // 10**9, nanosec=stamp % 10**9), actions))
+        spin_until(lambda: len(executed) == 4 and diagnostics, 2.5)
+
+        due = [stamp + (i + 1) * 100_000_000 for i in range(4)]
+        got = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m, _ in commands]
+        assert np.allclose(got, due, rtol=0, atol=1_000)  # ns; float seconds round to < 1 us
+        lead = round(node.get_parameter("lead_time_s").value * 1e9)
+        assert all(arrival >= d - lead - 1_000 for (_, arrival), d in zip(commands, due))  # not before due - lead
+        assert [(m.pose.position.x, m.pose.position.y, m.pose.position.z) for m, _ in commands] == [
+            (a[0], a[1], 0.3) for a in actions
+        ]
+        assert [m.header.stamp for m in executed] == [m.header.stamp for m, _ in commands]
+        values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
+        assert values["actions_received"] == "4" and values["chunks_rejected"] == "0"
+    finally:
+        executor.shutdown()
+        for n in nodes:
+            n.destroy_node()
+        rclpy.try_shutdown(context=context)
