@@ -50,9 +50,10 @@ def launch_setup(context, *_, **__):
             raise RuntimeError("sim:=false needs robot_ip:=<UR controller address>")
         nodes += [
             Node(package=PKG, executable="ur_driver", name="ur_driver", **common,
-                 parameters=[config, {"robot_ip": arg["robot_ip"]}]),
+                 parameters=[os.path.join(share, "config", "ur_driver.yaml"), {"robot_ip": arg["robot_ip"]}]),
             Node(package=PKG, executable="cameras", name="cameras", **common,
-                 parameters=[config] + ([{"serials": _serials(arg["camera_serials"])}] if arg["camera_serials"] else [])),
+                 parameters=[os.path.join(share, "config", "cameras.yaml")]
+                 + ([{"serials": _serials(arg["camera_serials"])}] if arg["camera_serials"] else [])),
         ]
     return nodes
 

@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_policy_config
+from dp_core.config import ObsSpec
+from dp_core.control.obs_buffer import RefusalKind
+from dp_core.control.policy_loop import PolicyLoop
+from dp_core.inference import PolicyRunner
+from dp_core.policy import DiffusionPolicy
+
+
+def _loop() -> PolicyLoop:
+    torch.manual_seed(0)
+    cfg = tiny_policy_config({"cam": ObsSpec("rgb", [32, 32, 3]), "pos": ObsSpec("low_dim", [2])}, 2)
+    return PolicyLoop(PolicyRunner(DiffusionPolicy(cfg), dt=0.1, seed=0), dt=0.1, max_age=0.25)
+
+
+def test_chunk_from_aligned_observations_resizes_images() -> None:
+    loop = _loop()
+    assert loop.tick(now=0.0) is None and loop.refusal.kind is RefusalKind.EMPTY
+    for i in range(10):  # camera at 30 Hz with a bigger frame, state at 100 Hz
+        loop.add("cam", i / 30, np.zeros((64, 48, 3), np.uint8))
+    for i in range(30):
+        loop.add("pos", i / 100, np.array([i, -i], np.float32))
+    chunk = loop.tick(now=0.35)
+    assert chunk is not None and chunk.stamp == pytest.approx(0.29)  # the older of the two newest samples
+    assert chunk.actions.shape == (16 - 1, 2) and not chunk.warm
+    again = loop.tick(now=0.35)  # same newest time: no whole step elapsed, cold again
+    assert not again.warm
+
+
+def test_stale_observations_refused() -> None:
+    loop = _loop()
+    loop.add("cam", 0.0, np.zeros((32, 32, 3), np.uint8))
+    loop.add("pos", 0.0, np.zeros(2, np.float32))
+    loop.add("cam", 0.1, np.zeros((32, 32, 3), np.uint8))
+    loop.add("pos", 0.1, np.zeros(2, np.float32))
+    assert loop.tick(now=1.0) is None and loop.refusal.kind is RefusalKind.STALE
+
+
+def test_wrong_low_dim_shape_rejected() -> None:
+    with pytest.raises(ValueError, match="pos"):
+        _loop().add("pos", 0.0, np.zeros(3, np.float32))

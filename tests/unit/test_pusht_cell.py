@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from dp_core.sim.pusht import PushTConfig, PushTEnv
+from dp_core.sim.pusht_cell import PushTCell
+
+
+def test_cell_follows_target_like_the_stepped_env() -> None:
+    """100 physics ticks toward one target equal 10 control steps of PushTEnv."""
+    cell = PushTCell(PushTConfig(render_size=0), seed=7, episode_s=100.0)
+    env = PushTEnv(PushTConfig(render_size=0))
+    env.reset(seed=7)
+    target = np.array([300.0, 200.0])
+    cell.set_target(target)
+    for i in range(100):
+        cell.tick(now=i * 0.01)
+    for _ in range(10):
+        obs, *_ = env.step(target)
+    cell_obs, coverage, episode = cell.snapshot()
+    assert np.array_equal(cell_obs["agent_pos"], obs["agent_pos"]) and np.array_equal(cell_obs["block_pose"], obs["block_pose"])
+    assert episode == 0 and coverage == pytest.approx(env.coverage())
+
+
+def test_episode_ends_on_timeout_and_next_seed_starts() -> None:
+    ended = []
+    cell = PushTCell(PushTConfig(render_size=0), seed=3, episode_s=0.5, on_episode_end=ended.append, clock=lambda: 0.0)
+    first = cell.snapshot()[0]["state"].copy()
+    for i in range(60):
+        cell.tick(now=(i + 1) * 0.01)
+    assert len(ended) == 1 and ended[0].seed == 3 and not ended[0].success
+    assert ended[0].duration_s == pytest.approx(0.5)
+    second = cell.snapshot()[0]["state"]
+    assert not np.array_equal(first, second)  # seed 4
+    assert cell.score() == pytest.approx(min(ended[0].max_coverage / 0.95, 1.0))
+
+
+def test_bad_target_rejected() -> None:
+    cell = PushTCell(PushTConfig(render_size=0))
+    with pytest.raises(ValueError, match="finite"):
+        cell.set_target(np.array([np.nan, 1.0]))
+
+
+def test_real_time_thread_runs_and_stops() -> None:
+    cell = PushTCell(PushTConfig(render_size=0), seed=1)
+    start = cell.snapshot()[0]["agent_pos"].copy()
+    cell.set_target(start + 50.0)
+    cell.start()
+    import time
+
+    time.sleep(0.3)
+    cell.stop()
+    assert np.linalg.norm(cell.snapshot()[0]["agent_pos"] - start) > 5.0
