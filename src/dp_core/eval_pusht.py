@@ -139,9 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=300)
     p.add_argument("--output", default=None, help="write the JSON report here")
     p.add_argument("--video-dir", default=None, help="write one mp4 per episode here")
+    lat = sub.add_parser("latency", help="Push-T score under observation-to-chunk delays, compensation on/off")
+    lat.add_argument("--checkpoint", required=True, help="policy file (.safetensors)")
+    lat.add_argument("--episodes", type=int, default=20)
+    lat.add_argument("--seed", type=int, default=100_000)
+    lat.add_argument("--delays", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.4], help="seconds")
+    lat.add_argument("--device", default="auto")
+    lat.add_argument("--output", default=None, help="write the JSON table here")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error("--episodes must be >= 1")
+    if args.task == "latency":
+        return _latency_main(args)
     try:
         report = evaluate(
             args.checkpoint, args.episodes, args.seed, args.device, args.steps,
@@ -155,6 +164,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def _latency_main(args: argparse.Namespace) -> int:
+    from .eval_latency import latency_table
+
+    try:
+        policy = load_policy(args.checkpoint, args.device)
+    except CheckpointError as exc:
+        print(f"dp-eval: error: {exc}", file=sys.stderr)
+        return 2
+    rows = latency_table(policy, args.delays, args.episodes, args.seed)
+    print("delay_s  steps  compensation  score   mean_max_cov  dropped")
+    for r in rows:
+        print(f"{r['delay_s']:7.2f}  {r['delay_steps']:5.1f}  {str(r['compensation']):12}  {r['score']:.3f}   "
+              f"{r['mean_max_coverage']:.3f}         {r['fraction_dropped']:.3f}")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps({"checkpoint": args.checkpoint, "episodes": args.episodes,
+                                                 "seed": args.seed, "rows": rows}, indent=2))
     return 0
 
 
