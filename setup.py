@@ -34,6 +34,7 @@ setup(
         "console_scripts": [
             "dp-train = dp_core.train:main",
             "dp-eval = dp_core.eval_pusht:main",
+            "dp-export = dp_core.checkpoint:main",
             "pusht_sim = dp_bringup.nodes.pusht_sim_node:main",
             "policy_node = dp_bringup.nodes.policy_node:main",
             "action_executor = dp_bringup.nodes.executor_node:main",

@@ -32,13 +32,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def save_policy(policy: DiffusionPolicy, path: str | Path, extra: dict | None = None, half: bool = False) -> Path:
-    """Write ``policy`` (its current weights) as one safetensors file; ``half`` stores fp16."""
+    """Write ``policy`` (its current weights) as one safetensors file; ``half`` stores the weights as fp16."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    params = {name for name, _ in policy.named_parameters()}  # buffers (normaliser stats) stay fp32
     tensors = {}
     for k, v in policy.state_dict().items():
         v = v.detach().cpu()
-        tensors[k] = (v.half() if half and v.is_floating_point() else v).contiguous()
+        tensors[k] = (v.half() if half and k in params and v.is_floating_point() else v).contiguous()
     meta = {"format": FORMAT, "config": json.dumps(to_dict(policy.cfg)), "extra": json.dumps(extra or {})}
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
@@ -97,3 +98,33 @@ def load_training_state(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or foreign files
         raise CheckpointError(f"{path}: not a readable training checkpoint ({exc})") from exc
+
+
+def export_policy(src: str | Path, dst: str | Path, half: bool = True) -> Path:
+    """Re-save a policy file, by default with fp16 weights (half the size; loads back as fp32)."""
+    cfg, tensors, extra = read_policy_file(src)
+    policy = DiffusionPolicy(cfg)
+    policy.load_state_dict(tensors)
+    return save_policy(policy, dst, extra={**extra, "exported_from": Path(src).name, "fp16": half}, half=half)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="dp-export", description="Copy a policy file, optionally as fp16.")
+    parser.add_argument("src")
+    parser.add_argument("dst")
+    parser.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: fp16)")
+    args = parser.parse_args(argv)
+    try:
+        path = export_policy(args.src, args.dst, half=not args.fp32)
+    except CheckpointError as exc:
+        print(f"dp-export: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -62,3 +62,18 @@ def test_missing_corrupt_and_incompatible_files_name_the_file(tmp_path: Path) ->
     mismatched = save_policy(other, tmp_path / "mismatch.safetensors")
     with pytest.raises(CheckpointError, match="mismatch.safetensors.*do not match"):
         load_policy(mismatched)
+
+
+def test_export_keeps_normaliser_in_fp32(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from dp_core.checkpoint import export_policy
+
+    src = save_policy(_policy(), tmp_path / "p.safetensors")
+    dst = export_policy(src, tmp_path / "p16.safetensors")
+    tensors = load_file(str(dst))
+    assert tensors["normalizer.action.scale"].dtype == torch.float32
+    assert tensors["denoiser.head.1.weight"].dtype == torch.float16
+    a = load_policy(src).predict_action(_obs(), generator=torch.Generator().manual_seed(7))["action_pred"]
+    b = load_policy(dst).predict_action(_obs(), generator=torch.Generator().manual_seed(7))["action_pred"]
+    assert torch.allclose(a, b, atol=0.05 * a.abs().max().item())
