@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
+import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -72,6 +74,7 @@ class PolicyNode(Node):
         self.chunk_pub = self.create_publisher(JointTrajectory, chunk_topic, 10)
         self.latency_pub = self.create_publisher(Float64, "/policy/inference_time", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.ages: deque[float] = deque(maxlen=100)
         self.stats = {"chunks": 0, "refused": 0, "warm": 0, "last_refusal": "", "last_latency_s": 0.0}
         self.create_timer(1.0, self._publish_diagnostics)
         self._stop = threading.Event()
@@ -125,11 +128,13 @@ class PolicyNode(Node):
             time.sleep(self.extra_latency)
         self.chunk_pub.publish(chunk_to_msg(chunk.stamp, chunk.actions, self.action_names, self.dt))
         self.latency_pub.publish(Float64(data=chunk.latency_s))
+        age = self._now() - chunk.stamp
+        self.ages.append(age)
         self.stats["chunks"] += 1
         self.stats["warm"] += int(chunk.warm)
         self.stats["last_latency_s"] = chunk.latency_s
         self.get_logger().info(
-            f"chunk {self.stats['chunks']}: observation age {self._now() - chunk.stamp:.3f} s, "
+            f"chunk {self.stats['chunks']}: observation age {age:.3f} s, "
             f"inference {chunk.latency_s * 1e3:.0f} ms ({'warm' if chunk.warm else 'cold'})",
             throttle_duration_sec=5.0,
         )
@@ -142,6 +147,10 @@ class PolicyNode(Node):
             name="policy", message=s["last_refusal"] or "running",
         )
         status.values = [KeyValue(key=k, value=str(v)) for k, v in s.items()]
+        if self.ages:  # observation stamp -> chunk published, over the last 100 chunks
+            p50, p99 = np.percentile(self.ages, [50, 99])
+            status.values += [KeyValue(key="obs_to_chunk_p50_s", value=f"{p50:.4f}"),
+                              KeyValue(key="obs_to_chunk_p99_s", value=f"{p99:.4f}")]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(msg)
