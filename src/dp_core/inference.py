@@ -29,8 +29,8 @@ class PolicyRunner:
     """Runs ``policy`` on ``{key: (To, ...)}`` numpy observations taken ``dt`` apart.
 
     ``infer(obs, t)``: ``t`` is the time of the newest observation (seconds or steps * dt).
-    The previous chunk is reused as a warm start when the new ``t`` is a whole number
-    of steps after it, at most ``horizon - n_obs_steps`` steps; otherwise sampling starts cold.
+    The previous chunk, shifted by the elapsed time rounded to whole steps, is reused as a warm
+    start when that is 1 to ``horizon - n_obs_steps`` steps; otherwise sampling starts cold.
     """
 
     policy: DiffusionPolicy
@@ -58,10 +58,9 @@ class PolicyRunner:
     def _warm_guess(self, t: float) -> torch.Tensor | None:
         if not self.warm_start or self._prev is None:
             return None
-        steps = (t - self._prev_t) / self.dt
-        shift = round(steps)
+        shift = round((t - self._prev_t) / self.dt)  # live stamps jitter: snap to the nearest step
         cfg = self.policy.cfg
-        if abs(steps - shift) > 0.25 or not 0 < shift <= cfg.horizon - cfg.n_obs_steps:
+        if not 0 < shift <= cfg.horizon - cfg.n_obs_steps:
             return None
         return shift_chunk(self._prev, shift)
 

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from dp_core.normalizer import Normalizer, RangeNormalizer, image_to_unit
+from dp_core.normalizer import Normalizer, RangeNormalizer
 
 finite = st.floats(-1e4, 1e4, allow_nan=False, width=32)
 

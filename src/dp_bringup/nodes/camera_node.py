@@ -11,20 +11,18 @@ are logged by dp_core (Python logging).
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
 import numpy as np
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.exceptions import ParameterUninitializedException
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 
+from dp_bringup.node_runner import diagnostic_status, publish_diagnostics, run_node
 from dp_bringup.ros_conversions import seconds_to_stamp
 from dp_bringup.ros_image import numpy_to_image
 from dp_core.drivers.realsense import CameraIntrinsics, CameraState, MultiRealsense
@@ -137,31 +135,11 @@ class CameraNode(Node):
                 "last_frame_age_s": "never" if s.last_stamp is None else f"{now - s.last_stamp:.3f}",
                 "error": s.message,
             }
-            statuses.append(
-                DiagnosticStatus(
-                    level=_LEVELS[s.state],
-                    name=f"{self.get_name()}: camera_{i}",
-                    message=s.state.value + (f": {s.message}" if s.message else ""),
-                    hardware_id=serial,
-                    values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
-                )
-            )
-        msg = DiagnosticArray(status=statuses)
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self._diag_pub.publish(msg)
+            message = s.state.value + (f": {s.message}" if s.message else "")
+            statuses.append(diagnostic_status(f"{self.get_name()}: camera_{i}", _LEVELS[s.state], message, values, serial))
+        publish_diagnostics(self, self._diag_pub, statuses)
 
 
 def main(args: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")  # dp_core's logs
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = CameraNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.cameras.stop()
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(CameraNode, args, lambda node: node.cameras.stop())
+

@@ -16,13 +16,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from trajectory_msgs.msg import JointTrajectory
 
+from dp_bringup.node_runner import diagnostic_status, publish_diagnostics, run_node
 from dp_bringup.ros_conversions import POSITION_AXES, action_to_pose, chunk_from_msg, pose_stamped
 from dp_core.control import ActionSchedule
 
@@ -141,26 +140,10 @@ class ActionExecutorNode(Node):
             "watchdog": "holding" if holding else "ok",
             "last_chunk_age_s": "never" if last is None else f"{now - last:.3f}",
         }
-        status = DiagnosticStatus(
-            level=level,
-            name=f"{self.get_name()}: action schedule",
-            message=message,
-            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
-        )
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self._diag_pub.publish(msg)
+        status = diagnostic_status(f"{self.get_name()}: action schedule", level, message, values)
+        publish_diagnostics(self, self._diag_pub, [status])
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = ActionExecutorNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(ActionExecutorNode, args)
+

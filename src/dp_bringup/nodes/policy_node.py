@@ -14,15 +14,15 @@ from collections import deque
 import numpy as np
 import rclpy
 import torch
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseArray, PoseStamped
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64
 from trajectory_msgs.msg import JointTrajectory
 
+from dp_bringup.node_runner import diagnostic_status, publish_diagnostics, run_node
 from dp_bringup.ros_conversions import chunk_to_msg, low_dim_from_msg, stamp_to_seconds
 from dp_bringup.ros_image import image_to_numpy
 from dp_core.checkpoint import load_policy
@@ -142,35 +142,17 @@ class PolicyNode(Node):
     def _publish_diagnostics(self) -> None:
         s = self.stats
         refusing = bool(s["last_refusal"]) and s["refused"] > 0
-        status = DiagnosticStatus(
-            level=DiagnosticStatus.WARN if refusing else DiagnosticStatus.OK,
-            name="policy", message=s["last_refusal"] or "running",
-        )
-        status.values = [KeyValue(key=k, value=str(v)) for k, v in s.items()]
+        values = dict(s)
         if self.ages:  # observation stamp -> chunk published, over the last 100 chunks
             p50, p99 = np.percentile(self.ages, [50, 99])
-            status.values += [KeyValue(key="obs_to_chunk_p50_s", value=f"{p50:.4f}"),
-                              KeyValue(key="obs_to_chunk_p99_s", value=f"{p99:.4f}")]
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self.diag_pub.publish(msg)
+            values.update(obs_to_chunk_p50_s=f"{p50:.4f}", obs_to_chunk_p99_s=f"{p99:.4f}")
+        level = DiagnosticStatus.WARN if refusing else DiagnosticStatus.OK
+        publish_diagnostics(self, self.diag_pub, [diagnostic_status("policy", level, s["last_refusal"] or "running", values)])
         s["last_refusal"] = ""
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = PolicyNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.stop()
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    run_node(PolicyNode, args, PolicyNode.stop)
 
 
 if __name__ == "__main__":

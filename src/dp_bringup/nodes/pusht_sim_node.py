@@ -13,15 +13,14 @@ import math
 import threading
 
 import numpy as np
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import Pose, PoseArray, PoseStamped
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float64
 
+from dp_bringup.node_runner import diagnostic_status, publish_diagnostics, run_node
 from dp_bringup.ros_image import numpy_to_image
 from dp_core.sim.pusht import PushTConfig, pusht_score
 from dp_core.sim.pusht_cell import CellEpisode, PushTCell
@@ -120,6 +119,16 @@ class PushTSimNode(Node):
         if n > 0 and len(self.cell.results) >= n:
             self.finished.set()
 
+    def finish(self) -> None:
+        """Stop the physics; after a scored run print the score line and write the report."""
+        self.cell.stop()
+        if self.p["num_episodes"] > 0:
+            report = self.report()
+            print(f"PUSHT_SCORE {report['score']:.4f} over {report['episodes']} episodes", flush=True)
+            if self.p["report_path"]:
+                with open(self.p["report_path"], "w") as f:
+                    f.write(json.dumps(report, indent=2))
+
     def report(self) -> dict:
         n = self.p["num_episodes"]
         results = self.cell.results[:n] if n > 0 else self.cell.results
@@ -133,36 +142,12 @@ class PushTSimNode(Node):
 
     def _publish_diagnostics(self) -> None:
         _, coverage, episode = self.cell.snapshot()
-        status = DiagnosticStatus(level=DiagnosticStatus.OK, name="pusht_sim", message="running")
-        status.values = [
-            KeyValue(key="episode", value=str(episode)),
-            KeyValue(key="coverage", value=f"{coverage:.4f}"),
-            KeyValue(key="score_so_far", value=f"{self.cell.score():.4f}"),
-        ]
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self.diag_pub.publish(msg)
+        values = {"episode": episode, "coverage": f"{coverage:.4f}", "score_so_far": f"{self.cell.score():.4f}"}
+        publish_diagnostics(self, self.diag_pub, [diagnostic_status("pusht_sim", DiagnosticStatus.OK, "running", values)])
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = PushTSimNode()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException, SystemExit):
-        pass
-    finally:
-        node.cell.stop()
-        if node.p["num_episodes"] > 0:
-            report = node.report()
-            text = json.dumps(report, indent=2)
-            print(f"PUSHT_SCORE {report['score']:.4f} over {report['episodes']} episodes", flush=True)
-            if node.p["report_path"]:
-                with open(node.p["report_path"], "w") as f:
-                    f.write(text)
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    run_node(PushTSimNode, args, PushTSimNode.finish)
 
 
 if __name__ == "__main__":

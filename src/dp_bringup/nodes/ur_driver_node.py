@@ -15,20 +15,18 @@ servo thread, and ``/diagnostics`` at 1 Hz.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import Pose, PoseStamped
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 
+from dp_bringup.node_runner import diagnostic_status, publish_diagnostics, run_node
 from dp_bringup.ros_conversions import pose_stamped, seconds_to_stamp, stamp_to_seconds
 from dp_core.drivers.rotations import quat_to_rotvec, rotvec_to_quat
 from dp_core.drivers.ur_servo import (
@@ -179,29 +177,10 @@ class URDriverNode(Node):
             "waypoints_rejected": self._rejected,
             "last_error": s.last_error,
         }
-        status = DiagnosticStatus(
-            level=level,
-            name=f"{self.get_name()}: UR servo",
-            message=message,
-            hardware_id=self.controller.config.robot_ip,
-            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
-        )
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self._diag_pub.publish(msg)
+        status = diagnostic_status(f"{self.get_name()}: UR servo", level, message, values, self.controller.config.robot_ip)
+        publish_diagnostics(self, self._diag_pub, [status])
 
 
 def main(args: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")  # dp_core's logs
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = URDriverNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.controller.stop()
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(URDriverNode, args, lambda node: node.controller.stop())
+

@@ -1,0 +1,44 @@
+"""What every dp_bringup node's ``main`` does: init, spin, always clean up; and diagnostics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.publisher import Publisher
+
+N = TypeVar("N", bound=Node)
+
+
+def run_node(factory: Callable[[], N], args: list[str] | None = None, cleanup: Callable[[N], None] | None = None) -> None:
+    """Build the node and spin it until Ctrl-C or shutdown; ``cleanup`` runs in every case."""
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")  # dp_core's logs
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = factory()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException, SystemExit):
+        pass
+    finally:
+        if node is not None:
+            if cleanup is not None:
+                cleanup(node)
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def diagnostic_status(name: str, level: bytes, message: str, values: Mapping[str, object], hardware_id: str = "") -> DiagnosticStatus:
+    return DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
+                            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+
+def publish_diagnostics(node: Node, publisher: Publisher, statuses: list[DiagnosticStatus]) -> None:
+    msg = DiagnosticArray(status=statuses)
+    msg.header.stamp = node.get_clock().now().to_msg()
+    publisher.publish(msg)
