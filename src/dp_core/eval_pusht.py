@@ -73,14 +73,18 @@ def evaluate(
     device: str = "auto",
     num_inference_steps: int | None = None,
     warm_start: bool = True,
+    warm_steps: int | None = None,
+    warm_strength: float | None = None,
     max_steps: int = 300,
     video_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
     """Evaluate a policy file in the Push-T simulator; returns the report dict."""
     policy = load_policy(checkpoint, device)
-    if num_inference_steps is not None:
-        policy.cfg.diffusion.num_inference_steps = num_inference_steps
+    d = policy.cfg.diffusion
+    d.num_inference_steps = num_inference_steps or d.num_inference_steps
+    d.warm_start_steps = warm_steps or d.warm_start_steps
+    d.warm_start_strength = warm_strength or d.warm_start_strength
     needs_image = bool(policy.cfg.shape_meta.rgb_keys)
     env = PushTEnv(PushTConfig(max_steps=max_steps, render_size=96 if needs_image else 0))
     runner = PolicyRunner(policy, dt=1.0 / env.config.control_hz, warm_start=warm_start, seed=seed)
@@ -99,7 +103,6 @@ def evaluate(
             imageio.mimsave(Path(video_dir) / f"episode_{seed + i}.mp4", frames, fps=env.config.control_hz)
     lat_ms = np.asarray(latencies) * 1e3
     max_covs = [r.max_coverage for r in results]
-    d = policy.cfg.diffusion
     return {
         "checkpoint": str(checkpoint),
         "kind": policy.cfg.kind,
@@ -114,6 +117,7 @@ def evaluate(
             "num_inference_steps": d.num_inference_steps,
             "warm_start": warm_start,
             "warm_start_steps": d.warm_start_steps,
+            "warm_start_strength": d.warm_start_strength,
             "latency_ms": {
                 "p50": float(np.percentile(lat_ms, 50)),
                 "p90": float(np.percentile(lat_ms, 90)),
@@ -136,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--steps", type=int, default=None, help="denoising steps for cold starts (default: the policy's)")
     p.add_argument("--no-warm-start", action="store_true", help="always sample from pure noise")
+    p.add_argument("--warm-steps", type=int, default=None, help="denoising steps of a warm start (default: the policy's)")
+    p.add_argument("--warm-strength", type=float, default=None, help="re-noising strength of a warm start, (0, 1]")
     p.add_argument("--max-steps", type=int, default=300)
     p.add_argument("--output", default=None, help="write the JSON report here")
     p.add_argument("--video-dir", default=None, help="write one mp4 per episode here")
@@ -154,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = evaluate(
             args.checkpoint, args.episodes, args.seed, args.device, args.steps,
-            not args.no_warm_start, args.max_steps, args.video_dir,
+            not args.no_warm_start, args.warm_steps, args.warm_strength, args.max_steps, args.video_dir,
         )
     except CheckpointError as exc:
         print(f"dp-eval: error: {exc}", file=sys.stderr)
