@@ -105,6 +105,8 @@ class PolicyNode(Node):
             try:
                 self._tick()
             except Exception as exc:  # keep running; a bad sample must not kill the node
+                if self._stop.is_set() or not rclpy.ok():
+                    break  # shutting down: the context went away under a publish
                 self.get_logger().error(f"inference failed: {exc!r}", throttle_duration_sec=2.0)
             next_t += period
             delay = next_t - time.monotonic()
