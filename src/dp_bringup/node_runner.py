@@ -25,6 +25,9 @@ def run_node(factory: Callable[[], N], args: list[str] | None = None, cleanup: C
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException, SystemExit):
         pass
+    except Exception:
+        if rclpy.ok():  # a real failure; not rclpy tripping over a message while SIGINT tears it down
+            raise
     finally:
         if node is not None:
             if cleanup is not None:
