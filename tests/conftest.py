@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +90,52 @@ def image_dataset(tmp_path: Path) -> Path:
             img[i, y - 2 : y + 2, x - 2 : x + 2] = 255
         episodes.append({"img": img, "agent": pos.astype(np.float32), "action": (pos + 1).astype(np.float32)})
     return write_episodes(tmp_path / "img.zarr", episodes)
+
+
+class RosHarness:
+    """An isolated rclpy context (own domain id, localhost discovery) with a single-threaded executor."""
+
+    def __init__(self, domain_id: int) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self._rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self._nodes: list = []
+        self._cleanups: list = []
+
+    def add(self, node, cleanup=None):
+        """Spin ``node`` with the others; ``cleanup`` runs before it is destroyed."""
+        self.executor.add_node(node)
+        self._nodes.append(node)
+        if cleanup is not None:
+            self._cleanups.append(cleanup)
+        return node
+
+    def probe(self, name: str):
+        return self.add(self._rclpy.create_node(name, context=self.context))
+
+    def spin_until(self, done, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.01)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        for cleanup in self._cleanups:
+            cleanup()
+        for node in self._nodes:
+            node.destroy_node()
+        self._rclpy.try_shutdown(context=self.context)
+
+
+@pytest.fixture
+def ros(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest):
+    """A :class:`RosHarness` whose domain id is unique per test and process."""
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    offset = zlib.crc32(request.node.nodeid.encode()) % 40
+    harness = RosHarness(domain_id=150 + (os.getpid() + offset) % 80)
+    yield harness
+    harness.close()

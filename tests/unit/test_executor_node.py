@@ -1,5 +1,3 @@
-import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -62,66 +60,44 @@ def test_stamps_and_pose_stamped() -> None:
 
 
 @pytest.mark.ros
-def test_node_publishes_waypoints_at_their_due_times(monkeypatch: pytest.MonkeyPatch) -> None:
-    import rclpy
+def test_node_publishes_waypoints_at_their_due_times(ros) -> None:
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
     from dp_bringup.nodes.executor_node import ActionExecutorNode
 
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(150 + os.getpid() % 80))
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    executor = SingleThreadedExecutor(context=context)
-    nodes = []
-    try:
-        node = ActionExecutorNode(
-            context=context,
-            cli_args=["--ros-args", "--params-file", str(REPO / "config" / "pusht_sim.yaml")],
-            parameter_overrides=[Parameter("fixed_pose", value=FIXED)],
-        )
-        assert node.get_parameter("max_step").value == 80.0  # the YAML file's types fit the declarations
-        probe = rclpy.create_node("executor_probe", context=context)
-        nodes = [node, probe]
-        for n in nodes:
-            executor.add_node(n)
-        commands: list[tuple[PoseStamped, float]] = []
-        executed: list[PoseStamped] = []
-        diagnostics: list[DiagnosticArray] = []
-        probe.create_subscription(
-            PoseStamped, "/robot/servo_target", lambda m: commands.append((m, probe.get_clock().now().nanoseconds)), 10
-        )
-        probe.create_subscription(PoseStamped, "/executor/executed", executed.append, 10)
-        probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
-        pub = probe.create_publisher(JointTrajectory, "/policy/action_chunk", 10)
+    node = ros.add(ActionExecutorNode(
+        context=ros.context,
+        cli_args=["--ros-args", "--params-file", str(REPO / "config" / "pusht_sim.yaml")],
+        parameter_overrides=[Parameter("fixed_pose", value=FIXED)],
+    ))
+    assert node.get_parameter("max_step").value == 80.0  # the YAML file's types fit the declarations
+    probe = ros.probe("executor_probe")
+    commands: list[tuple[PoseStamped, float]] = []
+    executed: list[PoseStamped] = []
+    diagnostics: list[DiagnosticArray] = []
+    probe.create_subscription(
+        PoseStamped, "/robot/servo_target", lambda m: commands.append((m, probe.get_clock().now().nanoseconds)), 10
+    )
+    probe.create_subscription(PoseStamped, "/executor/executed", executed.append, 10)
+    probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
+    pub = probe.create_publisher(JointTrajectory, "/policy/action_chunk", 10)
 
-        def spin_until(done, timeout: float) -> None:
-            deadline = time.monotonic() + timeout
-            while not done() and time.monotonic() < deadline:
-                executor.spin_once(timeout_sec=0.01)
+    ros.spin_until(lambda: pub.get_subscription_count() > 0 and node.count_subscribers("/robot/servo_target") > 0, 2.0)
+    stamp = probe.get_clock().now().nanoseconds
+    actions = [[100.0, 100.0], [110.0, 100.0], [120.0, 100.0], [130.0, 100.0]]
+    pub.publish(chunk_msg(Time(sec=stamp // 10**9, nanosec=stamp % 10**9), actions))
+    ros.spin_until(lambda: len(executed) == 4 and diagnostics, 2.5)
 
-        spin_until(lambda: pub.get_subscription_count() > 0 and node.count_subscribers("/robot/servo_target") > 0, 2.0)
-        stamp = probe.get_clock().now().nanoseconds
-        actions = [[100.0, 100.0], [110.0, 100.0], [120.0, 100.0], [130.0, 100.0]]
-        pub.publish(chunk_msg(Time(sec=stamp // 10**9, nanosec=stamp % 10**9), actions))
-        spin_until(lambda: len(executed) == 4 and diagnostics, 2.5)
-
-        due = [stamp + (i + 1) * 100_000_000 for i in range(4)]
-        got = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m, _ in commands]
-        assert np.allclose(got, due, rtol=0, atol=1_000)  # ns; float seconds round to < 1 us
-        lead = round(node.get_parameter("lead_time_s").value * 1e9)
-        assert all(arrival >= d - lead - 1_000 for (_, arrival), d in zip(commands, due))  # not before due - lead
-        assert [(m.pose.position.x, m.pose.position.y, m.pose.position.z) for m, _ in commands] == [
-            (a[0], a[1], 0.3) for a in actions
-        ]
-        assert [m.header.stamp for m in executed] == [m.header.stamp for m, _ in commands]
-        values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
-        assert values["actions_received"] == "4" and values["chunks_rejected"] == "0"
-    finally:
-        executor.shutdown()
-        for n in nodes:
-            n.destroy_node()
-        rclpy.try_shutdown(context=context)
+    due = [stamp + (i + 1) * 100_000_000 for i in range(4)]
+    got = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m, _ in commands]
+    assert np.allclose(got, due, rtol=0, atol=1_000)  # ns; float seconds round to < 1 us
+    lead = round(node.get_parameter("lead_time_s").value * 1e9)
+    assert all(arrival >= d - lead - 1_000 for (_, arrival), d in zip(commands, due))  # not before due - lead
+    assert [(m.pose.position.x, m.pose.position.y, m.pose.position.z) for m, _ in commands] == [
+        (a[0], a[1], 0.3) for a in actions
+    ]
+    assert [m.header.stamp for m in executed] == [m.header.stamp for m, _ in commands]
+    values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
+    assert values["actions_received"] == "4" and values["chunks_rejected"] == "0"

@@ -256,13 +256,10 @@ def test_rejects_duplicate_serials() -> None:
 
 
 @pytest.mark.ros
-def test_camera_node_publishes_images_and_camera_info(devices: dict[str, FakeDevice], monkeypatch) -> None:
-    import os
+def test_camera_node_publishes_images_and_camera_info(devices: dict[str, FakeDevice], ros) -> None:
     from pathlib import Path
 
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CameraInfo, Image
@@ -271,51 +268,34 @@ def test_camera_node_publishes_images_and_camera_info(devices: dict[str, FakeDev
     from dp_bringup.ros_conversions import stamp_to_seconds
     from dp_bringup.ros_image import image_to_numpy
 
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(150 + (os.getpid() + 31) % 80))
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    executor = SingleThreadedExecutor(context=context)
-    nodes = []
-    try:
-        with pytest.raises(ValueError, match="serials is required"):
-            CameraNode(rs_module=make_fake_rs(devices), context=context)  # serials is required
-        node = CameraNode(
-            rs_module=make_fake_rs(devices),
-            context=context,
-            cli_args=["--ros-args", "--params-file", str(Path(__file__).parents[2] / "config" / "cameras.yaml")],
-            parameter_overrides=[Parameter("serials", value=["222", "111"]), Parameter("enable_depth", value=True)],
-        )
-        probe = rclpy.create_node("camera_probe", context=context)
-        nodes = [node, probe]
-        for n in nodes:
-            executor.add_node(n)
-        got: dict[str, list] = {}
-        for topic, kind in [("/camera_0/color/image_raw", Image), ("/camera_1/color/image_raw", Image),
-                            ("/camera_1/color/camera_info", CameraInfo),
-                            ("/camera_1/aligned_depth_to_color/image_raw", Image)]:
-            probe.create_subscription(kind, topic, got.setdefault(topic, []).append, qos_profile_sensor_data)
-        diagnostics: list[DiagnosticArray] = []
-        probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
-        deadline = time.monotonic() + 2.5
-        while (not all(got.values()) or not diagnostics) and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.01)
+    with pytest.raises(ValueError, match="serials is required"):
+        CameraNode(rs_module=make_fake_rs(devices), context=ros.context)  # serials is required
+    node = CameraNode(
+        rs_module=make_fake_rs(devices),
+        context=ros.context,
+        cli_args=["--ros-args", "--params-file", str(Path(__file__).parents[2] / "config" / "cameras.yaml")],
+        parameter_overrides=[Parameter("serials", value=["222", "111"]), Parameter("enable_depth", value=True)],
+    )
+    ros.add(node, cleanup=node.cameras.stop)
+    probe = ros.probe("camera_probe")
+    got: dict[str, list] = {}
+    for topic, kind in [("/camera_0/color/image_raw", Image), ("/camera_1/color/image_raw", Image),
+                        ("/camera_1/color/camera_info", CameraInfo),
+                        ("/camera_1/aligned_depth_to_color/image_raw", Image)]:
+        probe.create_subscription(kind, topic, got.setdefault(topic, []).append, qos_profile_sensor_data)
+    diagnostics: list[DiagnosticArray] = []
+    probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
+    ros.spin_until(lambda: all(got.values()) and diagnostics, 2.5)
 
-        image = got["/camera_0/color/image_raw"][-1]
-        assert image.encoding == "rgb8" and image.header.frame_id == "camera_0_color_optical_frame"
-        assert image_to_numpy(image).shape == (H, W, 3)
-        stamp = stamp_to_seconds(image.header.stamp)
-        assert (stamp * 1000.0 - 1.7e12) % 5.0 == pytest.approx(2.5, abs=1e-3)  # camera 0 is serial 222's clock
-        info = got["/camera_1/color/camera_info"][-1]
-        assert list(info.k) == [5.0, 0.0, 4.0, 0.0, 5.5, 3.0, 0.0, 0.0, 1.0] and info.distortion_model == "plumb_bob"
-        assert got["/camera_1/aligned_depth_to_color/image_raw"][-1].encoding == "16UC1"
-        names = sorted(s.name for s in diagnostics[-1].status)
-        assert names == ["cameras: camera_0", "cameras: camera_1"]
-        assert {s.hardware_id for s in diagnostics[-1].status} == {"111", "222"}
-    finally:
-        executor.shutdown()
-        for n in nodes:
-            if isinstance(n, CameraNode):
-                n.cameras.stop()
-            n.destroy_node()
-        rclpy.try_shutdown(context=context)
+    image = got["/camera_0/color/image_raw"][-1]
+    assert image.encoding == "rgb8" and image.header.frame_id == "camera_0_color_optical_frame"
+    assert image_to_numpy(image).shape == (H, W, 3)
+    stamp = stamp_to_seconds(image.header.stamp)
+    assert (stamp * 1000.0 - 1.7e12) % 5.0 == pytest.approx(2.5, abs=1e-3)  # camera 0 is serial 222's clock
+    info = got["/camera_1/color/camera_info"][-1]
+    assert list(info.k) == [5.0, 0.0, 4.0, 0.0, 5.5, 3.0, 0.0, 0.0, 1.0] and info.distortion_model == "plumb_bob"
+    assert got["/camera_1/aligned_depth_to_color/image_raw"][-1].encoding == "16UC1"
+    names = sorted(s.name for s in diagnostics[-1].status)
+    assert names == ["cameras: camera_0", "cameras: camera_1"]
+    assert {s.hardware_id for s in diagnostics[-1].status} == {"111", "222"}
+

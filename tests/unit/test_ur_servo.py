@@ -345,14 +345,11 @@ def test_config_validation() -> None:
 
 
 @pytest.mark.ros
-def test_driver_node_servos_to_waypoints_and_publishes_state(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
+def test_driver_node_servos_to_waypoints_and_publishes_state(ros) -> None:
     from pathlib import Path
 
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import JointState
@@ -360,61 +357,42 @@ def test_driver_node_servos_to_waypoints_and_publishes_state(monkeypatch: pytest
     from dp_bringup.nodes.ur_driver_node import JOINT_NAMES, URDriverNode, pose_msg_to_ur
     from dp_bringup.ros_conversions import pose_stamped, stamp_to_seconds
 
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(150 + (os.getpid() + 7) % 80))
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     robot = FakeRobot()
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    executor = SingleThreadedExecutor(context=context)
-    nodes = []
-    try:
-        node = URDriverNode(
-            control_factory=lambda ip, f: FakeRTDE(robot, "control"),
-            receive_factory=lambda ip, f: FakeRTDE(robot, "receive"),
-            context=context,
-            cli_args=["--ros-args", "--params-file", str(Path(__file__).parents[2] / "config" / "ur_driver.yaml")],
-            parameter_overrides=[Parameter("robot_ip", value="10.0.0.9")],
-        )
-        probe = rclpy.create_node("ur_probe", context=context)
-        nodes = [node, probe]
-        for n in nodes:
-            executor.add_node(n)
-        poses: list[PoseStamped] = []
-        joints: list[JointState] = []
-        diagnostics: list[DiagnosticArray] = []
-        probe.create_subscription(PoseStamped, "/robot/tcp_pose", poses.append, qos_profile_sensor_data)
-        probe.create_subscription(JointState, "/joint_states", joints.append, qos_profile_sensor_data)
-        probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
-        pub = probe.create_publisher(PoseStamped, "/robot/servo_target", 10)
+    node = URDriverNode(
+        control_factory=lambda ip, f: FakeRTDE(robot, "control"),
+        receive_factory=lambda ip, f: FakeRTDE(robot, "receive"),
+        context=ros.context,
+        cli_args=["--ros-args", "--params-file", str(Path(__file__).parents[2] / "config" / "ur_driver.yaml")],
+        parameter_overrides=[Parameter("robot_ip", value="10.0.0.9")],
+    )
+    ros.add(node, cleanup=node.controller.stop)
+    probe = ros.probe("ur_probe")
+    poses: list[PoseStamped] = []
+    joints: list[JointState] = []
+    diagnostics: list[DiagnosticArray] = []
+    probe.create_subscription(PoseStamped, "/robot/tcp_pose", poses.append, qos_profile_sensor_data)
+    probe.create_subscription(JointState, "/joint_states", joints.append, qos_profile_sensor_data)
+    probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
+    pub = probe.create_publisher(PoseStamped, "/robot/servo_target", 10)
 
-        def spin_until(done, timeout: float) -> None:
-            deadline = time.monotonic() + timeout
-            while not done() and time.monotonic() < deadline:
-                executor.spin_once(timeout_sec=0.01)
+    ros.spin_until(lambda: pub.get_subscription_count() > 0 and len(poses) > 5, 2.0)
+    msg = poses[-1]
+    assert msg.header.frame_id == "base"
+    np.testing.assert_allclose(pose_msg_to_ur(msg.pose), HOME, atol=1e-9)
+    ros_now = probe.get_clock().now().nanoseconds * 1e-9
+    assert ros_now - 0.2 < stamp_to_seconds(msg.header.stamp) <= ros_now
+    assert list(joints[-1].name) == JOINT_NAMES and list(joints[-1].position) == pytest.approx(JOINTS)
 
-        spin_until(lambda: pub.get_subscription_count() > 0 and len(poses) > 5, 2.0)
-        msg = poses[-1]
-        assert msg.header.frame_id == "base"
-        np.testing.assert_allclose(pose_msg_to_ur(msg.pose), HOME, atol=1e-9)
-        ros_now = probe.get_clock().now().nanoseconds * 1e-9
-        assert ros_now - 0.2 < stamp_to_seconds(msg.header.stamp) <= ros_now
-        assert list(joints[-1].name) == JOINT_NAMES and list(joints[-1].position) == pytest.approx(JOINTS)
-
-        target = offset(dx=0.02)
-        quat = rotvec_to_quat(target[3:])
-        pub.publish(pose_stamped(ros_now + 0.2, "world", target[:3], quat))  # wrong frame: rejected
-        pub.publish(pose_stamped(ros_now + 0.2, "base", target[:3], quat))
-        spin_until(lambda: np.allclose(robot.tcp, target, atol=1e-6), 1.5)
-        np.testing.assert_allclose(robot.tcp, target, atol=1e-6)
-        spin_until(lambda: diagnostics, 1.5)
-        values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
-        assert values["connected"] == "True" and values["waypoints_rejected"] == "1"
-        assert float(values["servo_rate_hz"]) > 100.0
-    finally:
-        executor.shutdown()
-        for n in nodes:
-            if isinstance(n, URDriverNode):
-                n.controller.stop()
-            n.destroy_node()
-        rclpy.try_shutdown(context=context)
+    target = offset(dx=0.02)
+    quat = rotvec_to_quat(target[3:])
+    pub.publish(pose_stamped(ros_now + 0.2, "world", target[:3], quat))  # wrong frame: rejected
+    pub.publish(pose_stamped(ros_now + 0.2, "base", target[:3], quat))
+    ros.spin_until(lambda: np.allclose(robot.tcp, target, atol=1e-6), 1.5)
+    np.testing.assert_allclose(robot.tcp, target, atol=1e-6)
+    ros.spin_until(lambda: diagnostics, 1.5)
+    values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
+    assert values["connected"] == "True" and values["waypoints_rejected"] == "1"
+    assert float(values["servo_rate_hz"]) > 100.0
+    node.controller.stop()  # what the node's main does on shutdown
     assert robot.names()[-4:] == ["servoStop", "stopScript", "disconnect", "disconnect"]
+
