@@ -18,6 +18,7 @@ action units (``tests/unit/test_fast_inference.py``); bf16 is looser (about 1e-2
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,9 +93,10 @@ class FastSampler:
             self._plans[key] = SamplingPlan.from_scheduler(sampler, timesteps)
         return self._plans[key]
 
-    def _autocast(self) -> torch.autocast:
-        on_cuda = self.policy.device.type == "cuda"
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and self.options.precision == "bf16")
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.policy.device.type == "cuda" and self.options.precision == "bf16":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _denoise(self, plan: SamplingPlan, x: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         if self.unet is not None:
