@@ -189,7 +189,7 @@ def _latency_main(args: argparse.Namespace) -> int:
     rows = latency_table(policy, args.delays, args.episodes, args.seed)
     print("delay_s  steps  compensation  score   mean_max_cov  dropped")
     for r in rows:
-        print(f"{r['delay_s']:7.2f}  {r['delay_steps']:5.1f}  {r['compensation']!s:12}  {r['score']:.3f}   "
+        print(f"{r['delay_s']:7.2f}  {r['delay_steps']:5.1f}  {str(r['compensation']):12}  {r['score']:.3f}   "
               f"{r['mean_max_coverage']:.3f}         {r['fraction_dropped']:.3f}")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
