@@ -1,32 +1,69 @@
 """Per-chunk inference latency of the policy presets (random weights), printed as JSON.
 
-    python benchmarks/bench_inference.py --device cpu --presets pusht_state_unet_small pusht_image_unet_small
+    python benchmarks/bench_inference.py --device cpu --threads 1            # the CPU target rows
+    python benchmarks/bench_inference.py --device cuda --matrix full         # everything, on a GPU
 
-For each preset and sampler setting: p50 / p90 / mean over --repeats chunks after --warmup chunks,
-batch 1, observations encoded once per chunk (as in closed loop).
+One JSON line per row as it is measured, then one JSON document with the hardware and all rows.
+A row is (preset, cameras, image size, sampler setting, path): batch 1, observations encoded once
+per chunk, ``--warmup`` chunks, then ``--repeats`` chunks or ``--budget-s`` seconds, whichever ends
+first (at least 5). Times: wall clock (p50, p99, mean) and the calling thread's CPU time (p50; on a
+shared machine it is less disturbed by other processes than wall time). Paths: ``reference``
+(diffusers' step, plain modules), ``fast`` (the default path of DiffusionPolicy), and on CUDA also
+``fast-bf16``; CUDA rows of the fast paths include CUDA-graph replay. Image presets take a
+``--cameras`` count (extra cameras are copies of the first camera's spec) and ``--image-sizes``
+(the crop keeps the preset's crop-to-image ratio).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from dp_core.checkpoint import resolve_device
-from dp_core.config import load_config
+from dp_core.config import ObsSpec, PolicyConfig, load_config
+from dp_core.fast_inference import InferenceOptions
 from dp_core.policy import DiffusionPolicy, shift_chunk
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = [("ddpm", 100, False), ("ddim", 16, False), ("ddim", 8, False), ("ddim", 4, False), ("ddim", 16, True)]
+SETTINGS = {"ddpm100": ("ddpm", 100, False), "ddim16": ("ddim", 16, False), "ddim8": ("ddim", 8, False),
+            "ddim4": ("ddim", 4, False), "warm": ("ddim", 16, True)}
+PATHS = {"reference": InferenceOptions(fast=False), "fast": InferenceOptions(),
+         "fast-bf16": InferenceOptions(precision="bf16")}
+# The issue's targets: rows that must be measured on every run of the default matrix.
+TARGET_ROWS = [
+    ("pusht_state_unet_small", 0, None, "ddim16"),
+    ("pusht_image_unet_small", 1, (96, 96), "ddim8"),
+]
 
 
-def fake_obs(policy: DiffusionPolicy, device: torch.device) -> dict[str, torch.Tensor]:
-    cfg = policy.cfg
+def variant(preset: str, cameras: int, size: tuple[int, int] | None) -> PolicyConfig:
+    """The preset's policy config with ``cameras`` copies of its camera at ``size`` (H, W)."""
+    cfg = load_config(REPO / "config" / f"{preset}.yaml").policy
+    rgb = cfg.shape_meta.rgb_keys
+    if not rgb:
+        return cfg
+    spec = cfg.shape_meta.obs[rgb[0]]
+    h0, w0 = spec.shape[:2]
+    h, w = size or (h0, w0)
+    obs = {k: v for k, v in cfg.shape_meta.obs.items() if v.type != "rgb"}
+    for i in range(cameras):
+        obs[rgb[0] if i == 0 else f"{rgb[0]}_{i}"] = ObsSpec("rgb", [h, w, 3], source=f"{spec.source}_{i}")
+    vision = cfg.vision
+    if vision.crop_shape:
+        ch, cw = vision.crop_shape
+        vision = replace(vision, crop_shape=[round(h * ch / h0), round(w * cw / w0)])
+    return replace(cfg, shape_meta=replace(cfg.shape_meta, obs=obs), vision=vision)
+
+
+def fake_obs(cfg: PolicyConfig, device: torch.device) -> dict[str, torch.Tensor]:
     obs = {}
     for key, spec in cfg.shape_meta.obs.items():
         shape = (1, cfg.n_obs_steps, *spec.shape)
@@ -37,55 +74,122 @@ def fake_obs(policy: DiffusionPolicy, device: torch.device) -> dict[str, torch.T
     return obs
 
 
-def bench(policy: DiffusionPolicy, scheduler: str, steps: int, warm: bool, warmup: int, repeats: int) -> dict:
+def bench(policy: DiffusionPolicy, setting: str, warmup: int, repeats: int, budget_s: float) -> dict:
+    """Latency of one chunk; warm-start rows feed each chunk the previous one, shifted."""
+    _, steps, warm = SETTINGS[setting]
     device = policy.device
     cfg = policy.cfg
-    obs = fake_obs(policy, device)
+    obs = fake_obs(cfg, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     prev = policy.predict_action(obs, num_inference_steps=steps)["action_pred"]
-    times = []
+    wall, cpu = [], []
+    start = time.perf_counter()
     for i in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        sync()
+        t0, c0 = time.perf_counter(), time.thread_time()
         guess = shift_chunk(prev, cfg.n_action_steps) if warm else None
         prev = policy.predict_action(obs, warm_start=guess, num_inference_steps=steps)["action_pred"]
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync()
         if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    ms = np.array(times) * 1e3
-    label = f"{scheduler}{steps}" if not warm else f"warm{cfg.diffusion.warm_start_steps}"
-    return {"setting": label, "p50_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "mean_ms": float(ms.mean())}
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
+            if len(wall) >= 5 and time.perf_counter() - start > budget_s:
+                break
+    ms, cpu_ms = np.array(wall) * 1e3, np.array(cpu) * 1e3
+    label = setting if not warm else f"warm{cfg.diffusion.warm_start_steps}"
+    return {
+        "setting": label,
+        "p50_ms": round(float(np.median(ms)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "mean_ms": round(float(ms.mean()), 2),
+        "cpu_p50_ms": round(float(np.median(cpu_ms)), 2),
+        "runs": len(ms),
+    }
+
+
+def rows(matrix: str, presets: list[str] | None, cameras: list[int], sizes: list[tuple[int, int]], settings: list[str]) -> list[tuple]:
+    """(preset, cameras, size, setting) rows: ``targets`` (the issue's CPU targets) or ``full``."""
+    if matrix == "targets" and presets is None:
+        return list(TARGET_ROWS)
+    out = []
+    for preset in presets or sorted(p.stem for p in (REPO / "config").glob("pusht_*.yaml") if "sim" not in p.stem):
+        cfg = load_config(REPO / "config" / f"{preset}.yaml").policy
+        if cfg.kind != "diffusion":
+            continue
+        image = bool(cfg.shape_meta.rgb_keys)
+        for n in cameras if image else [0]:
+            for size in sizes if image else [None]:
+                out.extend((preset, n, size, s) for s in settings)
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float] | None:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["pusht_state_unet_small", "pusht_image_unet_small"])
+    parser.add_argument("--matrix", choices=["targets", "full"], default="targets",
+                        help="targets: the issue's CPU target rows (unless --presets); full: presets x cameras x sizes x settings")
+    parser.add_argument("--presets", nargs="+", default=None, help="config/<name>.yaml presets (default: all diffusion presets)")
+    parser.add_argument("--cameras", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--image-sizes", nargs="+", default=["96x96", "240x320"], help="HxW")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--paths", nargs="+", default=None, choices=list(PATHS),
+                        help="default: reference and fast (+ fast-bf16 on CUDA)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--budget-s", type=float, default=20.0, help="stop a row after this long (>= 5 runs)")
+    parser.add_argument("--output", default=None, help="also write the JSON document here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    paths = args.paths or (["reference", "fast", "fast-bf16"] if device.type == "cuda" else ["reference", "fast"])
+    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.image_sizes]
+    load_before = load_average()
     results = []
-    for preset in args.presets:
-        cfg = load_config(REPO / "config" / f"{preset}.yaml").policy
-        for scheduler, steps, warm in SETTINGS:
-            cfg.diffusion.inference_scheduler = scheduler
-            policy = DiffusionPolicy(cfg).to(device).eval()
-            row = bench(policy, scheduler, steps, warm, args.warmup, args.repeats)
-            results.append({"preset": preset, **row})
+    for preset, cameras, size, setting in rows(args.matrix, args.presets, args.cameras, sizes, args.settings):
+        cfg = variant(preset, cameras, size)
+        cfg.diffusion.inference_scheduler = SETTINGS[setting][0]
+        torch.manual_seed(0)
+        policy = DiffusionPolicy(cfg).to(device).eval()
+        for path in paths:
+            policy.configure_inference(PATHS[path])
+            row = bench(policy, setting, args.warmup, args.repeats, args.budget_s)
+            shape = cfg.shape_meta.obs[cfg.shape_meta.rgb_keys[0]].shape[:2] if cameras else None
+            results.append({"preset": preset, "cameras": cameras, "image": "x".join(map(str, shape)) if shape else None,
+                            "path": path, **row, "load_avg": load_average()})
             print(json.dumps(results[-1]), flush=True)
+        del policy
     meta = {
         "device": str(device),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "load_avg_before": load_before,
+        "load_avg_after": load_average(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    print(json.dumps({"meta": meta, "results": results}, indent=2))
+    doc = {"meta": meta, "results": results}
+    print(json.dumps(doc, indent=2))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(doc, indent=2))
 
 
 if __name__ == "__main__":

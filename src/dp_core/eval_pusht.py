@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_policy
+from .fast_inference import InferenceOptions
 from .inference import PolicyRunner, observation_from_sources, stack_history
 from .sim.pusht import PushTConfig, PushTEnv, pusht_score
 
@@ -78,6 +79,7 @@ def evaluate(
     max_steps: int = 300,
     video_dir: str | Path | None = None,
     progress: bool = True,
+    inference: InferenceOptions | None = None,
 ) -> dict:
     """Evaluate a policy file in the Push-T simulator; returns the report dict."""
     policy = load_policy(checkpoint, device)
@@ -87,7 +89,7 @@ def evaluate(
     d.warm_start_strength = warm_strength or d.warm_start_strength
     needs_image = bool(policy.cfg.shape_meta.rgb_keys)
     env = PushTEnv(PushTConfig(max_steps=max_steps, render_size=96 if needs_image else 0))
-    runner = PolicyRunner(policy, dt=1.0 / env.config.control_hz, warm_start=warm_start, seed=seed)
+    runner = PolicyRunner(policy, dt=1.0 / env.config.control_hz, warm_start=warm_start, seed=seed, inference=inference)
     results, latencies = [], []
     bar = tqdm(range(episodes), desc="Push-T eval", disable=not progress, dynamic_ncols=True)
     for i in bar:
@@ -113,6 +115,7 @@ def evaluate(
         "success_rate": float(np.mean([r.success for r in results])),
         "inference": {
             "device": str(policy.device),
+            "path": "fast" if policy.uses_fast_path else "reference",
             "scheduler": d.inference_scheduler,
             "num_inference_steps": d.num_inference_steps,
             "warm_start": warm_start,
@@ -143,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warm-steps", type=int, default=None, help="denoising steps of a warm start (default: the policy's)")
     p.add_argument("--warm-strength", type=float, default=None, help="re-noising strength of a warm start, (0, 1]")
     p.add_argument("--max-steps", type=int, default=300)
+    p.add_argument("--reference-inference", action="store_true", help="sample on the reference path, not the fast one")
     p.add_argument("--output", default=None, help="write the JSON report here")
     p.add_argument("--video-dir", default=None, help="write one mp4 per episode here")
     lat = sub.add_parser("latency", help="Push-T score under observation-to-chunk delays, compensation on/off")
@@ -161,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate(
             args.checkpoint, args.episodes, args.seed, args.device, args.steps,
             not args.no_warm_start, args.warm_steps, args.warm_strength, args.max_steps, args.video_dir,
+            inference=InferenceOptions(fast=not args.reference_inference),
         )
     except CheckpointError as exc:
         print(f"dp-eval: error: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .config import ShapeMeta
+from .fast_inference import InferenceOptions
 from .policy import DiffusionPolicy, shift_chunk
 
 
@@ -31,18 +32,22 @@ class PolicyRunner:
     ``infer(obs, t)``: ``t`` is the time of the newest observation (seconds or steps * dt).
     The previous chunk, shifted by the elapsed time rounded to whole steps, is reused as a warm
     start when that is 1 to ``horizon - n_obs_steps`` steps; otherwise sampling starts cold.
+    ``inference``, when given, selects the policy's sampling path (fast by default, or the reference).
     """
 
     policy: DiffusionPolicy
     dt: float = 0.1
     warm_start: bool = True
     seed: int | None = None
+    inference: InferenceOptions | None = None
     _prev: torch.Tensor | None = field(default=None, init=False, repr=False)
     _prev_t: float = field(default=0.0, init=False, repr=False)
     _generator: torch.Generator | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.policy.eval()
+        if self.inference is not None:
+            self.policy.configure_inference(self.inference)
         self.reset()
 
     @property

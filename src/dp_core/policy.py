@@ -11,6 +11,10 @@ DDPM from pure noise, or a warm start from the previous chunk (shifted, re-noise
 an intermediate step, then denoised with fewer steps). Observations are encoded once
 per chunk, never once per denoising step. ``kind: regression`` turns the same network
 into a plain MSE regressor (input zeros, step 0) as a baseline.
+
+Sampling runs on the fast path of fast_inference.py by default (same result within a
+tested tolerance); ``configure_inference(InferenceOptions(fast=False))`` selects the
+reference path below (diffusers' ``step``, the plain modules).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
 from .config import PolicyConfig
+from .fast_inference import FastSampler, InferenceOptions
 from .models import ConditionalUnet1D, ObsEncoder, TransformerDenoiser
 from .normalizer import Normalizer
 
@@ -55,6 +60,16 @@ class DiffusionPolicy(nn.Module):
         )
         self.train_scheduler = DDPMScheduler(**sched)
         self.sampler = DDIMScheduler(**sched, set_alpha_to_one=True) if d.inference_scheduler == "ddim" else DDPMScheduler(**sched)
+        self.configure_inference(InferenceOptions())
+
+    def configure_inference(self, options: InferenceOptions) -> None:
+        """Choose the sampling path (fast or reference) and its options."""
+        self.inference_options = options
+        self._fast = FastSampler(self, options) if options.fast and FastSampler.supported(self) else None
+
+    @property
+    def uses_fast_path(self) -> bool:
+        return self._fast is not None
 
     @property
     def device(self) -> torch.device:
@@ -109,14 +124,17 @@ class DiffusionPolicy(nn.Module):
         Returns:
             ``action_pred`` (B, Tp, A), the whole chunk; ``action`` (B, Ta, A), the part to execute.
         """
-        cond = self.encode(obs)
-        b = cond.shape[0]
-        shape = (b, self.cfg.horizon, self.cfg.shape_meta.action.dim)
-        if self.cfg.kind == "regression":
-            zero_t = torch.zeros(b, dtype=torch.long, device=self.device)
-            x = self.denoiser(torch.zeros(shape, device=self.device), zero_t, cond)
+        if self._fast is not None:
+            x = self._fast.sample(obs, warm_start, generator, num_inference_steps)
         else:
-            x = self._sample(shape, cond, warm_start, generator, num_inference_steps)
+            cond = self.encode(obs)
+            b = cond.shape[0]
+            shape = (b, self.cfg.horizon, self.cfg.shape_meta.action.dim)
+            if self.cfg.kind == "regression":
+                zero_t = torch.zeros(b, dtype=torch.long, device=self.device)
+                x = self.denoiser(torch.zeros(shape, device=self.device), zero_t, cond)
+            else:
+                x = self._sample(shape, cond, warm_start, generator, num_inference_steps)
         pred = self.normalizer.action.unnormalize(x)
         start = self.cfg.n_obs_steps - 1
         return {"action_pred": pred, "action": pred[:, start : start + self.cfg.n_action_steps]}

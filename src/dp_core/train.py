@@ -28,6 +28,7 @@ from tqdm import tqdm
 from .checkpoint import load_training_state, resolve_device, save_policy, save_training_state
 from .config import ConfigError, ExperimentConfig, load_config, to_dict
 from .dataset import DatasetError, WindowDataset, build_datasets
+from .fast_inference import InferenceOptions
 from .policy import DiffusionPolicy
 
 
@@ -77,6 +78,8 @@ class Trainer:
             {k: arrays.obs[k] for k in cfg.policy.shape_meta.low_dim_keys}, arrays.action
         )
         self.policy.to(device)
+        # Validation sampling: fast path, but no weight-layout changes or graphs under the optimiser and DDP.
+        self.policy.configure_inference(InferenceOptions(cuda_graph=False, channels_last=False))
         self.model = DistributedDataParallel(self.policy) if self.distributed else self.policy
         t = cfg.train
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)

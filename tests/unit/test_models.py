@@ -1,8 +1,9 @@
 import pytest
 import torch
-
 from conftest import tiny_policy_config
+
 from dp_core.config import ObsSpec, TransformerConfig
+from dp_core.fast_inference import InferenceOptions
 from dp_core.models import ConditionalUnet1D, TransformerDenoiser
 from dp_core.models.vision import ResNetEncoder, crop_images
 from dp_core.policy import DiffusionPolicy, shift_chunk
@@ -57,16 +58,22 @@ def test_crop_random_in_training_center_in_eval() -> None:
     assert len(seen) > 3
 
 
+@pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("denoiser", ["unet", "transformer"])
-def test_observations_encoded_once_per_chunk(denoiser: str) -> None:
+def test_observations_encoded_once_per_chunk(denoiser: str, fast: bool) -> None:
     cfg = tiny_policy_config(
         {"cam": ObsSpec("rgb", [32, 32, 3]), "pos": ObsSpec("low_dim", [2])}, 2,
         denoiser=denoiser, transformer=TransformerConfig(n_layer=1, n_head=2, n_emb=16),
     )
     policy = DiffusionPolicy(cfg).eval()
+    policy.configure_inference(InferenceOptions(fast=fast))
     calls = {"encoder": 0, "denoiser": 0}
     policy.obs_encoder.register_forward_hook(lambda *_: calls.__setitem__("encoder", calls["encoder"] + 1))
     policy.denoiser.register_forward_hook(lambda *_: calls.__setitem__("denoiser", calls["denoiser"] + 1))
+    if fast and denoiser == "unet":  # the fast UNet evaluates the module's layers step by step
+        fast_unet = policy._fast.unet
+        step = fast_unet.step
+        fast_unet.step = lambda *a: (calls.__setitem__("denoiser", calls["denoiser"] + 1), step(*a))[1]
     obs = {"cam": torch.randint(0, 255, (3, 2, 32, 32, 3), dtype=torch.uint8), "pos": torch.randn(3, 2, 2)}
     out = policy.predict_action(obs, num_inference_steps=10)
     assert calls == {"encoder": 1, "denoiser": 10}

@@ -27,6 +27,7 @@ from dp_bringup.ros_conversions import chunk_to_msg, low_dim_from_msg, stamp_to_
 from dp_bringup.ros_image import image_to_numpy
 from dp_core.checkpoint import load_policy
 from dp_core.control.policy_loop import PolicyLoop
+from dp_core.fast_inference import InferenceOptions
 from dp_core.inference import PolicyRunner
 
 MSG_TYPES = {"Image": Image, "PoseStamped": PoseStamped, "PoseArray": PoseArray, "JointState": JointState}
@@ -48,6 +49,11 @@ class PolicyNode(Node):
         self.extra_latency = self.declare_parameter("extra_latency_s", 0.0).value
         chunk_topic = self.declare_parameter("chunk_topic", "/policy/action_chunk").value
         cpu_threads = self.declare_parameter("cpu_threads", 1).value
+        inference = InferenceOptions(
+            fast=self.declare_parameter("fast_inference", True).value,
+            precision=self.declare_parameter("inference_precision", "fp32").value,
+            cuda_graph=self.declare_parameter("cuda_graph", True).value,
+        )
         if not checkpoint:
             raise ValueError("parameter 'checkpoint' is required (a .safetensors policy file)")
         if not len(keys) == len(topics) == len(types):
@@ -62,7 +68,7 @@ class PolicyNode(Node):
             raise ValueError(f"policy needs observations {sorted(missing)} that obs_keys {keys} do not provide")
         if len(self.action_names) != cfg.shape_meta.action.dim:
             raise ValueError(f"action_names {self.action_names} vs policy action dim {cfg.shape_meta.action.dim}")
-        self.loop = PolicyLoop(PolicyRunner(policy, dt=self.dt, warm_start=warm_start), self.dt, max_age)
+        self.loop = PolicyLoop(PolicyRunner(policy, dt=self.dt, warm_start=warm_start, inference=inference), self.dt, max_age)
 
         for key, topic, type_name in zip(keys, topics, types):
             if type_name not in MSG_TYPES:
@@ -81,7 +87,8 @@ class PolicyNode(Node):
         self._thread = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
         self._thread.start()
         self.get_logger().info(
-            f"policy {checkpoint} on {policy.device}: {cfg.denoiser} {cfg.kind}, To={cfg.n_obs_steps} "
+            f"policy {checkpoint} on {policy.device} ({'fast' if policy.uses_fast_path else 'reference'} path, "
+            f"{inference.precision}): {cfg.denoiser} {cfg.kind}, To={cfg.n_obs_steps} "
             f"Tp={cfg.horizon} Ta={cfg.n_action_steps}, observations {dict(zip(keys, topics))}"
         )
 

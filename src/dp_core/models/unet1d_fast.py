@@ -1,0 +1,123 @@
+"""Inference-only evaluation of a :class:`ConditionalUnet1D`, shaped for many small denoising steps.
+
+The reference module spends most of a denoising step on per-operator overhead: action
+chunks are a few time steps long, so every convolution is a tiny matrix product. This
+path computes the same function with
+
+* the FiLM conditioning (step embedding + observation, through every block's linear
+  layer) of all denoising steps in one batched pass per chunk, since the observation
+  is constant across the steps of a chunk;
+* time-major activations ``(B, T, C)`` and every convolution as one ``linear`` on the
+  unfolded input against a *view* of the convolution weight (no copies, so the path
+  always sees the module's current weights); on a CPU this orientation of the product
+  is several times faster than ``conv1d`` for these shapes;
+* transposed convolutions as one product followed by strided overlap-adds.
+
+Outputs equal the module's within float rounding (tested to 1e-5 in fp32).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .unet1d import ConditionalUnet1D, FiLMResBlock
+
+
+def conv1d_time_major(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """``conv(x)`` for time-major ``x`` of shape ``(B, T, C_in)``; returns ``(B, T_out, C_out)``."""
+    k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    if k == 1 and s == 1 and p == 0:
+        return F.linear(x, conv.weight.view(conv.out_channels, -1), conv.bias)
+    b = x.shape[0]
+    cols = F.pad(x, (0, 0, p, p)).unfold(1, k, s)  # (B, T_out, C_in, k), element [c, j] = x[t*s + j - p, c]
+    t_out = cols.shape[1]
+    cols = cols.reshape(b * t_out, -1)
+    return F.linear(cols, conv.weight.view(conv.out_channels, -1), conv.bias).view(b, t_out, -1)
+
+
+def conv_transpose1d_time_major(x: torch.Tensor, conv: nn.ConvTranspose1d) -> torch.Tensor:
+    """``conv(x)`` for a transposed convolution (no output padding) on time-major ``(B, T, C_in)``."""
+    k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    b, t, _ = x.shape
+    c_out = conv.out_channels
+    cols = torch.matmul(x, conv.weight.view(conv.in_channels, c_out * k)).view(b, t, c_out, k)
+    full = x.new_zeros(b, (t - 1) * s + k, c_out)
+    for j in range(k):
+        full[:, j : j + (t - 1) * s + 1 : s] += cols[..., j]
+    length = (t - 1) * s - 2 * p + k
+    return full[:, p : p + length] + conv.bias
+
+
+def _group_norm_mish(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+    """``mish(group_norm(x))`` for time-major ``x``; returns time-major."""
+    y = F.group_norm(x.transpose(1, 2), norm.num_groups, norm.weight, norm.bias, norm.eps)
+    return F.mish(y).transpose(1, 2)
+
+
+class FastUnet1D:
+    """Evaluates ``unet`` (eval mode, no gradients) step by step with precomputed conditioning.
+
+    ``condition(timesteps, global_cond)`` once per chunk, then ``step(sample, films[i])`` for
+    the ``i``-th timestep. Holds no weights of its own, only the module.
+    """
+
+    def __init__(self, unet: ConditionalUnet1D) -> None:
+        self.unet = unet
+        self.blocks: list[FiLMResBlock] = []
+        for res1, res2, _ in unet.down:
+            self.blocks += [res1, res2]
+        self.blocks += list(unet.mid)
+        for res1, res2, _ in unet.up:
+            self.blocks += [res1, res2]
+        for conv in unet.modules():
+            if isinstance(conv, (nn.Conv1d, nn.ConvTranspose1d)):
+                ok = conv.groups == 1 and conv.dilation == (1,) and conv.padding_mode == "zeros"
+                if isinstance(conv, nn.ConvTranspose1d):
+                    ok = ok and conv.output_padding == (0,)
+                if not ok:
+                    raise ValueError(f"FastUnet1D does not support {conv}")
+
+    def condition(self, timesteps: torch.Tensor, global_cond: torch.Tensor) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """FiLM ``(scale, bias)`` of every block, ``(B, 1, C)`` each, for each of ``timesteps`` (K,)."""
+        k, b = timesteps.shape[0], global_cond.shape[0]
+        emb = self.unet.step_embed(timesteps)  # (K, E)
+        cond = torch.cat([emb[:, None].expand(k, b, -1), global_cond[None].expand(k, -1, -1)], dim=-1)
+        per_block = []
+        for block in self.blocks:
+            scale, bias = block.film(cond).unsqueeze(2).chunk(2, dim=-1)  # (K, B, 1, C) each
+            per_block.append((scale.unbind(0), bias.unbind(0)))
+        return [[(scale[i], bias[i]) for scale, bias in per_block] for i in range(k)]
+
+    def _res(self, block: FiLMResBlock, x: torch.Tensor, film: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        conv1, norm1, _ = block.block1
+        conv2, norm2, _ = block.block2
+        h = _group_norm_mish(conv1d_time_major(x, conv1), norm1)
+        h = torch.addcmul(film[1], film[0], h)
+        h = _group_norm_mish(conv1d_time_major(h, conv2), norm2)
+        skip = x if isinstance(block.skip, nn.Identity) else conv1d_time_major(x, block.skip)
+        return h + skip
+
+    def step(self, sample: torch.Tensor, films: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Predicted noise for ``sample`` ``(B, T, action_dim)`` at the step whose conditioning is ``films``."""
+        unet, x, i = self.unet, sample, 0
+        skips = []
+        for _, _, down in unet.down:
+            x = self._res(self.blocks[i + 1], self._res(self.blocks[i], x, films[i]), films[i + 1])
+            i += 2
+            skips.append(x)
+            if not isinstance(down, nn.Identity):
+                x = conv1d_time_major(x, down)
+        for _ in unet.mid:
+            x = self._res(self.blocks[i], x, films[i])
+            i += 1
+        for _, _, up in unet.up:
+            x = torch.cat([x, skips.pop()], dim=-1)
+            x = self._res(self.blocks[i + 1], self._res(self.blocks[i], x, films[i]), films[i + 1])
+            i += 2
+            x = conv_transpose1d_time_major(x, up)
+        head_block, head_out = unet.head
+        conv, norm, _ = head_block
+        x = _group_norm_mish(conv1d_time_major(x, conv), norm)
+        return conv1d_time_major(x, head_out)

@@ -1,0 +1,213 @@
+"""The fast inference path computes what the reference path computes (stated tolerances)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, tiny_policy_config
+from diffusers import DDIMScheduler, DDPMScheduler
+
+from dp_core.checkpoint import load_policy
+from dp_core.config import DiffusionConfig, ObsSpec, TransformerConfig, UnetConfig
+from dp_core.fast_inference import FP32_TOLERANCE, InferenceOptions
+from dp_core.inference import PolicyRunner
+from dp_core.models import ConditionalUnet1D
+from dp_core.models.unet1d_fast import (
+    FastUnet1D,
+    conv1d_time_major,
+    conv_transpose1d_time_major,
+)
+from dp_core.policy import DiffusionPolicy, shift_chunk
+from dp_core.sampling import SamplingPlan, plan_supported
+
+SCHED = dict(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon")
+
+
+@pytest.mark.parametrize("clip", [True, False])
+@pytest.mark.parametrize("steps,keep", [(16, None), (8, None), (4, None), (13, 8)])
+def test_ddim_plan_equals_scheduler_step(steps: int, keep: int | None, clip: bool) -> None:
+    sched = DDIMScheduler(**SCHED, clip_sample=clip, set_alpha_to_one=True)
+    sched.set_timesteps(steps)
+    timesteps = sched.timesteps if keep is None else sched.timesteps[-keep:]
+    plan = SamplingPlan.from_scheduler(sched, timesteps)
+    assert not plan.draws_noise
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 16, 2, generator=g)
+    ref = x.clone()
+    for i, t in enumerate(timesteps):
+        eps = torch.randn(3, 16, 2, generator=g) * 2  # large enough that clipping bites
+        ref = sched.step(eps, t, ref).prev_sample
+        x = plan.step(i, eps, x)
+        assert torch.allclose(x, ref, rtol=1e-5, atol=1e-5), (i, (x - ref).abs().max())
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_ddpm_plan_equals_scheduler_step_with_its_noise(clip: bool) -> None:
+    sched = DDPMScheduler(**SCHED, clip_sample=clip)
+    sched.set_timesteps(100)
+    plan = SamplingPlan.from_scheduler(sched, sched.timesteps)
+    assert plan.draws_noise and not plan.noisy[-1]
+    x = ref = torch.randn(2, 16, 2, generator=torch.Generator().manual_seed(1))
+    g_ref, g_fast = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    eps_gen = torch.Generator().manual_seed(2)
+    for i, t in enumerate(sched.timesteps):
+        eps = torch.randn(2, 16, 2, generator=eps_gen)
+        ref = sched.step(eps, t, ref, generator=g_ref).prev_sample
+        x = plan.step(i, eps, x, generator=g_fast)
+    assert torch.allclose(x, ref, rtol=1e-5, atol=1e-5), (x - ref).abs().max()
+
+
+def test_unsupported_scheduler_settings_are_refused() -> None:
+    sched = DDIMScheduler(**{**SCHED, "prediction_type": "v_prediction"})
+    sched.set_timesteps(8)
+    assert not plan_supported(sched)
+    with pytest.raises(ValueError, match="no precomputed plan"):
+        SamplingPlan.from_scheduler(sched, sched.timesteps)
+
+
+@pytest.mark.parametrize("c_in,c_out,k,stride,pad,t", [(3, 8, 5, 1, 2, 16), (8, 8, 3, 2, 1, 16), (8, 4, 1, 1, 0, 4), (5, 6, 3, 2, 1, 7)])
+def test_time_major_conv_equals_conv1d(c_in: int, c_out: int, k: int, stride: int, pad: int, t: int) -> None:
+    conv = torch.nn.Conv1d(c_in, c_out, k, stride=stride, padding=pad)
+    x = torch.randn(2, c_in, t)
+    ref = conv(x)
+    out = conv1d_time_major(x.transpose(1, 2).contiguous(), conv)
+    assert torch.allclose(out.transpose(1, 2), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("k,stride,pad,t", [(4, 2, 1, 4), (4, 2, 1, 1), (3, 2, 1, 5), (5, 3, 2, 3)])
+def test_time_major_transposed_conv_equals_conv_transpose1d(k: int, stride: int, pad: int, t: int) -> None:
+    conv = torch.nn.ConvTranspose1d(6, 5, k, stride=stride, padding=pad)
+    x = torch.randn(2, 6, t)
+    ref = conv(x)
+    out = conv_transpose1d_time_major(x.transpose(1, 2).contiguous(), conv)
+    assert out.shape == ref.transpose(1, 2).shape
+    assert torch.allclose(out.transpose(1, 2), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("down_dims,kernel", [([16, 32, 64], 5), ([8, 16], 3)])
+def test_fast_unet_equals_module(down_dims: list[int], kernel: int) -> None:
+    torch.manual_seed(0)
+    net = ConditionalUnet1D(3, 10, down_dims, kernel_size=kernel, n_groups=4, step_embed_dim=16).eval()
+    for m in net.modules():  # non-trivial norm affines, so that every parameter matters
+        if isinstance(m, torch.nn.GroupNorm):
+            torch.nn.init.normal_(m.weight, 1.0, 0.3)
+            torch.nn.init.normal_(m.bias, 0.0, 0.3)
+    fast = FastUnet1D(net)
+    x, cond = torch.randn(4, 16, 3), torch.randn(4, 10)
+    timesteps = torch.tensor([99, 40, 0])
+    with torch.inference_mode():
+        films = fast.condition(timesteps, cond)
+        for i, t in enumerate(timesteps):
+            ref = net(x, t, cond)
+            out = fast.step(x, films[i])
+            assert torch.allclose(out, ref, rtol=0, atol=1e-5), (out - ref).abs().max()
+
+
+def test_fast_unet_refuses_unsupported_convolutions() -> None:
+    net = ConditionalUnet1D(2, 4, [8, 16], n_groups=4, step_embed_dim=8)
+    net.head[1] = torch.nn.Conv1d(8, 2, 1, dilation=2)
+    with pytest.raises(ValueError, match="does not support"):
+        FastUnet1D(net)
+
+
+def _policies(cfg) -> tuple[DiffusionPolicy, DiffusionPolicy]:
+    torch.manual_seed(0)
+    fast = DiffusionPolicy(cfg).eval()
+    for m in fast.modules():
+        if isinstance(m, torch.nn.GroupNorm):
+            torch.nn.init.normal_(m.weight, 1.0, 0.3)
+    fast.normalizer.action.fit(np.random.default_rng(0).uniform(-3, 5, (50, cfg.shape_meta.action.dim)))
+    ref = DiffusionPolicy(cfg).eval()
+    ref.load_state_dict(fast.state_dict())
+    ref.configure_inference(InferenceOptions(fast=False))
+    assert fast.uses_fast_path and not ref.uses_fast_path
+    return fast, ref
+
+
+def _obs(cfg, b: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, spec in cfg.shape_meta.obs.items():
+        shape = (b, cfg.n_obs_steps, *spec.shape)
+        out[key] = torch.randint(0, 255, shape, generator=g, dtype=torch.uint8) if spec.type == "rgb" else torch.randn(shape, generator=g)
+    return out
+
+
+def _assert_paths_agree(fast: DiffusionPolicy, ref: DiffusionPolicy, obs: dict, **kw) -> None:
+    a = fast.predict_action(obs, generator=torch.Generator().manual_seed(3), **kw)["action_pred"]
+    b = ref.predict_action(obs, generator=torch.Generator().manual_seed(3), **kw)["action_pred"]
+    norm = fast.normalizer.action
+    diff = (norm(a) - norm(b)).abs().max().item()
+    assert diff < FP32_TOLERANCE, diff
+    assert not torch.allclose(a, fast.predict_action(obs, generator=torch.Generator().manual_seed(4), **kw)["action_pred"])
+
+
+LOW_DIM = {"pos": ObsSpec("low_dim", [3])}
+IMAGE = {"cam": ObsSpec("rgb", [32, 32, 3]), "pos": ObsSpec("low_dim", [2])}
+
+
+@pytest.mark.parametrize("scheduler,steps", [("ddim", 16), ("ddim", 8), ("ddim", 4), ("ddpm", 100)])
+def test_fast_policy_equals_reference_unet(scheduler: str, steps: int) -> None:
+    cfg = tiny_policy_config(LOW_DIM, 2, unet=UnetConfig(down_dims=[16, 32, 64], step_embed_dim=16),
+                             diffusion=DiffusionConfig(inference_scheduler=scheduler))
+    fast, ref = _policies(cfg)
+    _assert_paths_agree(fast, ref, _obs(cfg), num_inference_steps=steps)
+
+
+@pytest.mark.parametrize("denoiser", ["unet", "transformer"])
+def test_fast_policy_equals_reference_warm_start_and_images(denoiser: str) -> None:
+    cfg = tiny_policy_config(IMAGE, 2, denoiser=denoiser, transformer=TransformerConfig(n_layer=2, n_head=2, n_emb=16))
+    fast, ref = _policies(cfg)
+    obs = _obs(cfg)
+    _assert_paths_agree(fast, ref, obs, num_inference_steps=8)
+    prev = ref.predict_action(obs, generator=torch.Generator().manual_seed(1))["action_pred"]
+    _assert_paths_agree(fast, ref, obs, warm_start=shift_chunk(prev, 8))
+
+
+def test_bundled_model_same_chunks_on_both_paths() -> None:
+    path = REPO / "models" / "pusht_state_unet_small.safetensors"
+    fast, ref = load_policy(path, "cpu"), load_policy(path, "cpu")
+    ref.configure_inference(InferenceOptions(fast=False))
+    obs = {"keypoint": torch.rand(1, 2, 18) * 512, "agent_pos": torch.rand(1, 2, 2) * 512}
+    _assert_paths_agree(fast, ref, obs)
+
+
+def test_regression_policy_stays_on_reference_path() -> None:
+    cfg = tiny_policy_config(LOW_DIM, 2, kind="regression")
+    policy = DiffusionPolicy(cfg).eval()
+    assert not policy.uses_fast_path
+    assert policy.predict_action(_obs(cfg))["action_pred"].shape == (2, 16, 2)
+
+
+def test_runner_applies_inference_options() -> None:
+    cfg = tiny_policy_config(LOW_DIM, 2)
+    policy = DiffusionPolicy(cfg)
+    runner = PolicyRunner(policy, seed=0, inference=InferenceOptions(fast=False))
+    assert not policy.uses_fast_path
+    runner.infer({"pos": np.zeros((2, 3), np.float32)}, 0.0)
+    PolicyRunner(policy, seed=0)
+    assert not policy.uses_fast_path  # no options: the policy keeps its own
+    PolicyRunner(policy, seed=0, inference=InferenceOptions())
+    assert policy.uses_fast_path
+
+
+def test_bad_precision_is_named() -> None:
+    with pytest.raises(ValueError, match="precision"):
+        InferenceOptions(precision="fp8")  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision,tol", [("fp32", FP32_TOLERANCE), ("bf16", 5e-2)])
+def test_cuda_graph_path_equals_reference(precision: str, tol: float) -> None:
+    cfg = tiny_policy_config(IMAGE, 2)
+    fast, ref = _policies(cfg)
+    fast.to("cuda").configure_inference(InferenceOptions(precision=precision))
+    ref.to("cuda")
+    obs = {k: v.cuda() for k, v in _obs(cfg).items()}
+    for seed in (3, 4):  # the second call replays the captured graph
+        a = fast.predict_action(obs, generator=torch.Generator("cuda").manual_seed(seed), num_inference_steps=8)["action_pred"]
+        b = ref.predict_action(obs, generator=torch.Generator("cuda").manual_seed(seed), num_inference_steps=8)["action_pred"]
+        norm = fast.normalizer.action
+        assert (norm(a) - norm(b)).abs().max().item() < tol
+    assert fast._fast._graphs
