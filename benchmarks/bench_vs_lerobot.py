@@ -70,12 +70,18 @@ class Worker:
             self.proc.wait(timeout=60)
 
 
-def parse_spec(spec: str) -> tuple[str, int, int]:
+def parse_spec(spec: str) -> tuple[str, int, int, int | None]:
+    """``PRESET:CAMERAS:NUMBER[:REPS]``; REPS overrides the timed calls per side per round."""
+    parts = spec.split(":")
     try:
-        preset, cams, number = spec.split(":")
-        return preset, int(cams), int(number)
+        if len(parts) not in (3, 4):
+            raise ValueError
+        reps = int(parts[3]) if len(parts) == 4 else None
+        if reps is not None and reps < 1:
+            raise ValueError
+        return parts[0], int(parts[1]), int(parts[2]), reps
     except ValueError:
-        raise SystemExit(f"bad case '{spec}': expected PRESET:CAMERAS:NUMBER, e.g. pusht_image_unet:2:16") from None
+        raise SystemExit(f"bad case '{spec}': expected PRESET:CAMERAS:NUMBER[:REPS], e.g. pusht_image_unet:2:16") from None
 
 
 def case_config(preset: str, cameras: int, steps: int | None) -> tuple[list[str], dict, list[str]]:
@@ -88,7 +94,7 @@ def case_config(preset: str, cameras: int, steps: int | None) -> tuple[list[str]
     rgb = cfg.shape_meta.rgb_keys
     if cameras and not rgb:
         raise SystemExit(f"{preset} has no camera; use CAMERAS 0")
-    if cameras and cameras < len(rgb):
+    if cameras < len(rgb):
         raise SystemExit(f"{preset} has {len(rgb)} cameras; cannot drop to {cameras}")
     if rgb:
         shape = cfg.shape_meta.obs[rgb[0]].shape
@@ -192,8 +198,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads in every worker (0: torch default)")
-    parser.add_argument("--infer", nargs="*", default=None, metavar="PRESET:CAMERAS:STEPS")
-    parser.add_argument("--train", nargs="*", default=None, metavar="PRESET:CAMERAS:BATCH")
+    parser.add_argument("--infer", nargs="*", default=None, metavar="PRESET:CAMERAS:STEPS[:REPS]")
+    parser.add_argument("--train", nargs="*", default=None, metavar="PRESET:CAMERAS:BATCH[:REPS]")
     parser.add_argument("--paths", nargs="+", default=["e2e"], choices=["e2e", "model"])
     parser.add_argument("--precisions", nargs="+", default=None, choices=["fp32", "bf16"],
                         help="training precisions (default: fp32 on CPU, fp32 and bf16 on CUDA)")
@@ -231,17 +237,19 @@ def main() -> None:
     cases = []
     try:
         for spec in args.infer:
-            preset, cams, steps = parse_spec(spec)
+            preset, cams, steps, reps = parse_spec(spec)
             overrides, model, notes = case_config(preset, cams, steps)
             for path in args.paths:
                 cases.append({"task": "infer", "path": path, "preset": preset, "cameras": len(model["cameras"]),
-                              "steps": steps, "overrides": overrides, "model": model, "notes": notes})
+                              "steps": steps, "reps": reps or args.reps, "overrides": overrides, "model": model,
+                              "notes": notes})
         for spec in args.train:
-            preset, cams, batch = parse_spec(spec)
+            preset, cams, batch, reps = parse_spec(spec)
             overrides, model, notes = case_config(preset, cams, None)
             for precision in precisions:
                 cases.append({"task": "train", "preset": preset, "cameras": len(model["cameras"]), "batch_size": batch,
-                              "precision": precision, "overrides": overrides, "model": model, "notes": notes})
+                              "reps": reps or args.train_reps, "precision": precision, "overrides": overrides,
+                              "model": model, "notes": notes})
     except ConfigError as exc:
         raise SystemExit(f"config error: {exc}") from None
     for case in cases:
@@ -262,7 +270,7 @@ def main() -> None:
                 res = run_case(workers, case,
                                args.warmup if infer else args.train_warmup,
                                args.rounds if infer else args.train_rounds,
-                               args.reps if infer else args.train_reps, bar)
+                               case["reps"], bar)
                 for name, info in res["infos"].items():
                     sides_info[name] = {"versions": info["versions"], "threads": info["threads"]}
                 params = {r["params"] for r in res["results"].values()}
@@ -289,8 +297,8 @@ def main() -> None:
             "cpu_count": os.cpu_count(), "threads": args.threads,
             "loadavg_start": [round(x, 2) for x in load_start],
             "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-            "interleaving": f"{args.rounds} rounds x {args.reps} chunks (train {args.train_rounds} x {args.train_reps} steps), "
-                            "sides alternate order each round",
+            "interleaving": f"{args.rounds} rounds (train {args.train_rounds}) of n calls per side after "
+                            f"{args.warmup} (train {args.train_warmup}) warm-up calls; sides alternate order each round",
             "sides": sides_info,
             "notes": COMMON_NOTES,
         },
