@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORKERS = Path(__file__).resolve().parent / "vs_lerobot"
 sys.path.insert(0, str(REPO / "src"))
 
-from dp_core.config import ConfigError, load_config  # noqa: E402
+from dp_core.config import ConfigError, load_config
 
 LEROBOT_GROUP_NORM_CHANNELS = 16  # LeRobot: GroupNorm(num_features // 16) in the ResNet
 
@@ -129,14 +129,14 @@ def case_config(preset: str, cameras: int, steps: int | None) -> tuple[list[str]
 
 
 COMMON_NOTES = [
-    "LeRobot: noise_scheduler_type=DDIM, use_film_scale_modulation=True, use_separate_rgb_encoder_per_camera=True, "
-    "use_group_norm=True, pretrained_backbone_weights=None, resnet18, crop_is_random=True; other sizes from our config",
+    ("LeRobot: noise_scheduler_type=DDIM, use_film_scale_modulation=True, use_separate_rgb_encoder_per_camera=True, "
+     "use_group_norm=True, pretrained_backbone_weights=None, resnet18, crop_is_random=True; other sizes from our config"),
     "LeRobot's UNet asks horizon % 2**len(down_dims) == 0 (ours 2**(len-1)); both hold for horizon 16",
-    "inference inputs: the same seeded uint8 HWC images and float state; LeRobot converts them with its "
-    "preprocess_observation + preprocessor (normalise) as in lerobot_eval.rollout",
-    "training: ours Trainer.train_step (AdamW wd 1e-6, grad clip 1.0, EMA update every step, uint8 images to device); "
-    "LeRobot preprocessor + update_policy (Adam wd 1e-6, grad clip 10, no EMA, float32 images to device); "
-    "no data loader workers on either side",
+    ("inference inputs: the same seeded uint8 HWC images and float state; LeRobot converts them with its "
+     "preprocess_observation + preprocessor (normalise) as in lerobot_eval.rollout"),
+    ("training: ours Trainer.train_step (AdamW wd 1e-6, grad clip 1.0, EMA update every step, uint8 images to "
+     "device); LeRobot preprocessor + update_policy (Adam wd 1e-6, grad clip 10, no EMA, float32 images to device); "
+     "no data loader workers on either side"),
 ]
 
 
@@ -256,7 +256,7 @@ def main() -> None:
         case.update(device=args.device, threads=args.threads)
 
     load_start = os.getloadavg()
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     script = {"ours": "worker_ours.py", "ours-torch29": "worker_ours.py", "lerobot": "worker_lerobot.py"}
     workers = [Worker(side, pythons[side], script[side], args.threads) for side in args.sides]
     out_cases = []
@@ -287,8 +287,11 @@ def main() -> None:
 
     gpu_name = None
     if gpu:
-        gpu_name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                                  capture_output=True, text=True).stdout.strip() or None
+        try:
+            gpu_name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                      check=False, capture_output=True, text=True).stdout.strip() or None
+        except FileNotFoundError:
+            gpu_name = "unknown (no nvidia-smi)"
     report = {
         "meta": {
             "command": " ".join([Path(sys.executable).name, *sys.argv]),

@@ -139,6 +139,6 @@ def serve(bench: Bench) -> None:
                 reply = {"ok": True}
             else:
                 reply = {"ok": False, "error": f"unknown command {cmd!r}"}
-        except Exception as exc:  # reported to the driver, which aborts with this message
+        except Exception as exc:  # noqa: BLE001 - reported to the driver, which aborts with this message
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
         proto.write(json.dumps(reply) + "\n")

@@ -20,17 +20,17 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from common import Bench, obs_history, param_count, serve, train_batch  # noqa: E402
-
-from lerobot.configs.types import FeatureType, PolicyFeature  # noqa: E402
-from lerobot.envs.utils import preprocess_observation  # noqa: E402
-from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig  # noqa: E402
-from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy  # noqa: E402
-from lerobot.policies.diffusion.processor_diffusion import make_diffusion_pre_post_processors  # noqa: E402
-from lerobot.utils.constants import ACTION, OBS_IMAGES  # noqa: E402
+import numpy as np
+import torch
+from common import Bench, obs_history, param_count, serve, train_batch
+from lerobot.configs.types import FeatureType, PolicyFeature
+from lerobot.envs.utils import preprocess_observation
+from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+from lerobot.policies.diffusion.processor_diffusion import (
+    make_diffusion_pre_post_processors,
+)
+from lerobot.utils.constants import ACTION, OBS_IMAGES
 
 
 def image_feature(model: dict, key: str) -> str:

@@ -14,16 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import Bench, obs_history, param_count, serve
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "src"))
 
-from dp_core.config import load_config  # noqa: E402
-from dp_core.dataset import EpisodeStore  # noqa: E402
-from dp_core.inference import PolicyRunner  # noqa: E402
-from dp_core.policy import DiffusionPolicy  # noqa: E402
+from dp_core.config import load_config
+from dp_core.dataset import EpisodeStore
+from dp_core.inference import PolicyRunner
+from dp_core.policy import DiffusionPolicy
 
 
 def synthetic_store(path: Path, shape_meta, episodes: int = 4, length: int = 120) -> None:
@@ -56,7 +55,8 @@ class OursBench(Bench):
                 self.tensors = {k: torch.as_tensor(v)[None].to(self.device) for k, v in obs.items()}
                 self.fn = self._predict_call
             return {"params": param_count(self.policy), "entry": "PolicyRunner.infer" if case["path"] == "e2e" else "DiffusionPolicy.predict_action"}
-        from dp_core.train import Trainer  # imports tensorboard; only needed for training cases
+        # dp_core.train imports tensorboard: only needed for training cases.
+        from dp_core.train import Trainer
 
         self.tmp = tempfile.TemporaryDirectory(prefix="bench_vs_lerobot_")
         data = Path(self.tmp.name) / "data.zarr"
