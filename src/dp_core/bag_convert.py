@@ -190,7 +190,7 @@ def convert_bag(bag_path: str | Path, store: EpisodeStore, cfg: BagConversionCon
             episode[cfg.action_key] = actions[a:b].astype(np.float32)
             episode["timestamp"] = times[a:b]
             store.add_episode(episode)
-            lengths.append(b - a)
+            lengths.append(int(b - a))
         return ConversionReport(str(bag.path), n, int(sum(lengths)), lengths, {k: v for k, v in dropped.items() if v})
 
 
@@ -226,13 +226,13 @@ def _gather(bag: BagReader, s: _Stream, picks: np.ndarray, steps: np.ndarray, pr
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dp-bag2zarr", description="Convert rosbag2 bags to a training dataset (zarr).")
-    parser.add_argument("bags", nargs="+", help="bag directories (MCAP or sqlite3 storage)")
+    parser.add_argument("bags", nargs="+", metavar="BAG_OR_OVERRIDE",
+                        help="bag directories (MCAP or sqlite3 storage), and key=value config overrides (e.g. dt=0.05)")
     parser.add_argument("-o", "--output", required=True, help="zarr dataset to write")
     parser.add_argument("--config", required=True, help="conversion config (e.g. config/bag_pusht_sim.yaml)")
     parser.add_argument("--append", action="store_true", help="add episodes to an existing dataset")
-    parser.add_argument("overrides", nargs="*", default=[], help="key=value config overrides, e.g. dt=0.05")
-    args = parser.parse_args(argv)
-    overrides = [b for b in args.bags if "=" in b] + args.overrides
+    args = parser.parse_intermixed_args(argv)
+    overrides = [b for b in args.bags if "=" in b]
     bags = [b for b in args.bags if "=" not in b]
     out = Path(args.output)
     created = False
