@@ -136,8 +136,10 @@ def convert_bag(bag_path: str | Path, store: EpisodeStore, cfg: BagConversionCon
     """Append the episodes of one bag to ``store``."""
     with BagReader(bag_path) as bag:
         topics = [s.topic for s in cfg.streams.values()] + [cfg.action.topic]
-        allowed = {s.topic: ("Image",) if s.dim is None else LOW_DIM_TYPES for s in cfg.streams.values()}
-        allowed[cfg.action.topic] = ("PoseStamped",)
+        allowed: dict[str, list[str]] = {cfg.action.topic: ["PoseStamped"]}
+        for s in cfg.streams.values():  # a topic feeding several keys must suit all of them
+            kinds = ["Image"] if s.dim is None else list(LOW_DIM_TYPES)
+            allowed[s.topic] = [k for k in allowed.get(s.topic, kinds) if k in kinds]
         bag.require(topics, allowed)
         info = bag.topics
         streams = [_Stream(k, s, short_type(info[s.topic].msgtype)) for k, s in cfg.streams.items()]
