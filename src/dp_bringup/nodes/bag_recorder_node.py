@@ -2,7 +2,7 @@
 
 For systems without ``ros2 bag`` (the PyPI ROS 2 wheels have no rosbag2): raw subscriptions (no
 deserialisation) feed :class:`dp_core.bag_io.BagWriter` (rosbags). Topics are subscribed as soon as they
-appear in the graph, with the QoS their publishers offer (best effort if any publisher is); each
+have a publisher, with the QoS their publishers offer (best effort if any publisher is); each
 message is stamped with its receive time, as ``ros2 bag record`` does. Ctrl-C, SIGTERM or the end of
 the launch close the bag; a killed recorder leaves at most ``flush_period_s`` of data unrecoverable
 (``dp-bag recover``, see dp_core.bag_io).
@@ -71,12 +71,22 @@ class BagRecorderNode(Node):
     def _discover(self) -> None:
         types = dict(self.get_topic_names_and_types())
         for topic in self.topics:
-            if topic in self._subs or topic not in types:
+            if topic not in types or (topic in self._subs and self._subs[topic] is None):
+                continue
+            offered = [info.qos_profile for info in self.get_publishers_info_by_topic(topic)]
+            if not offered:  # only subscribers so far: wait for a publisher to learn the QoS to match
+                continue
+            qos = subscription_qos(offered)
+            sub = self._subs.get(topic)
+            if sub is not None:
+                if sub.qos_profile.reliability == ReliabilityPolicy.RELIABLE and qos.reliability != ReliabilityPolicy.RELIABLE:
+                    self.get_logger().info(f"{topic}: a best-effort publisher appeared; subscribing best effort")
+                    self.destroy_subscription(sub)
+                    self._subs[topic] = self.create_subscription(sub.msg_type, topic, self._make_callback(topic), qos, raw=True)
                 continue
             type_name = types[topic][0]
             if len(types[topic]) > 1:
                 self.get_logger().warning(f"{topic} has several types {types[topic]}; recording {type_name}")
-            offered = [info.qos_profile for info in self.get_publishers_info_by_topic(topic)]
             try:
                 msg_class = get_message(type_name)
                 self.writer.add_topic(topic, type_name, [to_bag_qos(p) for p in offered])
@@ -84,8 +94,7 @@ class BagRecorderNode(Node):
                 self.get_logger().error(f"cannot record {topic}: {exc}")
                 self._subs[topic] = None  # do not retry every period
                 continue
-            self._subs[topic] = self.create_subscription(msg_class, topic, self._make_callback(topic),
-                                                         subscription_qos(offered), raw=True)
+            self._subs[topic] = self.create_subscription(msg_class, topic, self._make_callback(topic), qos, raw=True)
             self.get_logger().info(f"recording {topic} ({type_name})")
 
     def _make_callback(self, topic: str):
