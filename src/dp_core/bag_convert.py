@@ -179,7 +179,7 @@ def convert_bag(bag_path: str | Path, store: EpisodeStore, cfg: BagConversionCon
         dropped["no action"] = int((~ok & keep).sum())
         keep &= ok
         runs = [(a, b) for a, b in _runs(keep) if b - a >= cfg.min_episode_steps]
-        dropped["short run"] = int(keep.sum()) - sum(b - a for a, b in runs)
+        dropped["short run"] = int(keep.sum() - sum(b - a for a, b in runs))
         if not runs:
             reasons = ", ".join(f"{k}: {v}" for k, v in dropped.items() if v) or "no overlap of the streams"
             raise BagError(f"{bag.path}: no run of >= {cfg.min_episode_steps} aligned steps among {n} ({reasons})")

@@ -136,8 +136,11 @@ def summarize(result: ReplayResult, names: list[str], dt: float, max_gap_s: floa
     return report
 
 
-def plot(result: ReplayResult, names: list[str], dt: float, path: str | Path, title: str = "") -> Path:
-    """Recorded commands against each chunk's predicted actions, one panel per action dimension (PNG)."""
+def plot(result: ReplayResult, names: list[str], dt: float, path: str | Path, title: str = "", max_gap_s: float = 0.25) -> Path:
+    """Recorded commands against each chunk's predicted actions, one panel per action dimension (PNG).
+
+    The recorded line is broken where commands are more than ``max_gap_s`` apart (nothing was commanded).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,9 +148,14 @@ def plot(result: ReplayResult, names: list[str], dt: float, path: str | Path, ti
 
     fig, axes = plt.subplots(len(names), 1, figsize=(11, 2.6 * len(names) + 0.6), sharex=True, squeeze=False)
     t0 = result.start
+    ref_t, ref_v = result.ref_stamps - t0, result.ref_values
+    if len(ref_t):
+        breaks = np.flatnonzero(np.diff(ref_t) > max_gap_s) + 1
+        ref_t = np.insert(ref_t, breaks, np.nan)
+        ref_v = np.insert(ref_v, breaks, np.nan, axis=0)
     for i, (ax, name) in enumerate(zip(axes[:, 0], names)):
-        if len(result.ref_stamps):
-            ax.plot(result.ref_stamps - t0, result.ref_values[:, i], color="black", lw=1.5, label="recorded")
+        if len(ref_t):
+            ax.plot(ref_t, ref_v[:, i], color="black", lw=1.5, label="recorded")
         for j, (stamp, chunk) in enumerate(zip(result.stamps, result.chunks)):
             due = stamp - t0 + dt * np.arange(1, len(chunk) + 1)
             ax.plot(due, chunk[:, i], color="tab:orange", lw=0.8, alpha=0.5, label="predicted chunks" if j == 0 else None)
@@ -207,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"inference latency ms: p50 {lat['p50']:.1f}, p90 {lat['p90']:.1f}, p99 {lat['p99']:.1f}, max {lat['max']:.1f} "
           f"on {policy.device}")
     if args.plot:
-        print(f"plot: {plot(result, list(params.action_names), params.dt, args.plot, Path(args.bag).name)}")
+        print(f"plot: {plot(result, list(params.action_names), params.dt, args.plot, Path(args.bag).name, args.max_gap)}")
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))
     return 0
