@@ -396,6 +396,8 @@ def recover_bag(src: str | Path, dst: str | Path | None = None) -> RecoveryRepor
         salvager = _Salvager(writer, report)
         for path in files:
             report.files.append(path.name)
+            salvager.schemas.clear()  # ids are per file; topics map onto the same output connection
+            salvager.channels.clear()
             with open(path, "rb") as bio:
                 if bio.read(8) != MCAP_MAGIC:
                     report.problems.append(f"{path.name}: not an MCAP file (bad magic); skipped")

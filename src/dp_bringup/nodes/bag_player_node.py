@@ -11,6 +11,7 @@ stale ones). Publishers use the reliability and durability the recorded publishe
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -109,7 +110,11 @@ class BagPlayerNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    run_node(BagPlayerNode, args, BagPlayerNode.close)
+    try:
+        run_node(BagPlayerNode, args, BagPlayerNode.close)
+    except (BagError, ValueError) as exc:  # bad bag or parameters: a message, not a traceback
+        print(f"bag_player: error: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

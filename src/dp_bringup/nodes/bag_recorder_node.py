@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.node import Node
@@ -125,7 +126,11 @@ class BagRecorderNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    run_node(BagRecorderNode, args, BagRecorderNode.close)
+    try:
+        run_node(BagRecorderNode, args, BagRecorderNode.close)
+    except (BagError, ValueError) as exc:  # bad bag or parameters: a message, not a traceback
+        print(f"bag_recorder: error: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
