@@ -46,7 +46,14 @@ def test_newest_chunk_wins_from_its_first_valid_action() -> None:
     sent = s.pop_due(0.45)
     assert [a.due for a in sent] == pytest.approx([0.3, 0.4])
     assert [a.action[0] for a in sent] == [3.0, 51.0]
+    assert [a.stamp for a in sent] == [0.0, 0.2]  # each action knows the observation it came from
     assert s.pending == 6  # B's 0.5 .. 1.0
+
+
+def test_obs_stamp_is_carried_when_scheduling_from_arrival() -> None:
+    s = schedule()
+    s.add_chunk(0.3, ramp(n=2), now=0.3, obs_stamp=0.1)  # no latency compensation: due from arrival
+    assert [(a.due, a.stamp) for a in s.pop_due(0.5)] == [(pytest.approx(0.4), 0.1), (pytest.approx(0.5), 0.1)]
 
 
 def test_replacement_off_grid_keeps_earlier_actions() -> None:

@@ -99,5 +99,11 @@ def test_node_publishes_waypoints_at_their_due_times(ros) -> None:
         (a[0], a[1], 0.3) for a in actions
     ]
     assert [m.header.stamp for m in executed] == [m.header.stamp for m, _ in commands]
-    values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
+    def latest() -> dict[str, str]:
+        return {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
+
+    ros.spin_until(lambda: "obs_to_due_p50_s" in latest(), 2.5)
+    values = latest()
     assert values["actions_received"] == "4" and values["chunks_rejected"] == "0"
+    assert float(values["obs_to_due_p50_s"]) == pytest.approx(0.1, abs=1e-3)  # first action due stamp + dt
+    assert 0.0 <= float(values["obs_to_sent_p50_s"]) < 0.1  # sent lead_time_s before due, after arrival

@@ -34,6 +34,22 @@ def test_episode_ends_on_timeout_and_next_seed_starts() -> None:
     assert cell.score() == pytest.approx(min(ended[0].max_coverage / 0.95, 1.0))
 
 
+def test_episode_clock_can_wait_for_the_first_command() -> None:
+    ended = []
+    cell = PushTCell(PushTConfig(render_size=0), seed=3, episode_s=0.5, on_episode_end=ended.append,
+                     clock=lambda: 0.0, start_on_command=True)
+    for i in range(100):  # 1 s without a command: the episode has not started
+        cell.tick(now=(i + 1) * 0.01)
+    assert not ended
+    cell.set_target(cell.snapshot()[0]["agent_pos"])
+    for i in range(100, 160):
+        cell.tick(now=(i + 1) * 0.01)
+    assert len(ended) == 1 and ended[0].duration_s == pytest.approx(0.5)
+    for i in range(160, 300):  # the next episode waits for its own first command
+        cell.tick(now=(i + 1) * 0.01)
+    assert len(ended) == 1
+
+
 def test_bad_target_rejected() -> None:
     cell = PushTCell(PushTConfig(render_size=0))
     with pytest.raises(ValueError, match="finite"):

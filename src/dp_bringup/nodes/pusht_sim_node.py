@@ -33,6 +33,7 @@ class PushTSimNode(Node):
             "seed": self.declare_parameter("seed", 100_000).value,
             "episode_s": self.declare_parameter("episode_s", 30.0).value,
             "num_episodes": self.declare_parameter("num_episodes", 0).value,
+            "start_on_command": self.declare_parameter("start_on_command", True).value,
             "render_size": self.declare_parameter("render_size", 96).value,
             "camera_rate_hz": self.declare_parameter("camera_rate_hz", 30.0).value,
             "state_rate_hz": self.declare_parameter("state_rate_hz", 125.0).value,
@@ -43,7 +44,8 @@ class PushTSimNode(Node):
         }
         self.p = p
         self.finished = threading.Event()
-        self.cell = PushTCell(PushTConfig(render_size=p["render_size"]), p["seed"], p["episode_s"], self._on_episode_end)
+        self.cell = PushTCell(PushTConfig(render_size=p["render_size"]), p["seed"], p["episode_s"], self._on_episode_end,
+                              start_on_command=p["start_on_command"])
         cam = f"/{p['camera_name']}/color"
         self.image_pub = self.create_publisher(Image, f"{cam}/image_raw", qos_profile_sensor_data)
         self.info_pub = self.create_publisher(CameraInfo, f"{cam}/camera_info", qos_profile_sensor_data)

@@ -22,6 +22,7 @@ _EPS = 1e-9  # s: times this close count as equal (float noise in stamp + (i + 1
 @dataclass(frozen=True)
 class ScheduledAction:
     due: float
+    stamp: float  # observation stamp of the chunk the action came from
     action: np.ndarray  # (A,), clamped and step-limited
 
 
@@ -94,6 +95,7 @@ class ActionSchedule:
         self.stats = ScheduleStats()
         self._due: list[float] = []
         self._actions: list[np.ndarray] = []
+        self._stamps: list[float] = []
         self._last_sent: np.ndarray | None = None
         self._last_chunk: float | None = None
 
@@ -110,8 +112,12 @@ class ActionSchedule:
         """``now`` of the last chunk that scheduled an action."""
         return self._last_chunk
 
-    def add_chunk(self, stamp: float, actions: np.ndarray, now: float) -> ChunkStats:
+    def add_chunk(self, stamp: float, actions: np.ndarray, now: float, obs_stamp: float | None = None) -> ChunkStats:
         """Schedule ``actions`` (N, A); action i is due at ``stamp + (i + 1) * dt``.
+
+        ``obs_stamp`` (default ``stamp``) is the observation time the chunk was computed from, carried
+        by its :class:`ScheduledAction` items for latency accounting; it differs from ``stamp`` only
+        when the caller schedules from arrival time (no latency compensation).
 
         Raises ``ValueError`` (leaving the schedule untouched) on a wrong shape or non-finite values.
         """
@@ -137,6 +143,7 @@ class ActionSchedule:
         replaced = len(self._due) - cut
         self._due[cut:] = due[first:].tolist()
         self._actions[cut:] = list(kept)
+        self._stamps[cut:] = [float(stamp if obs_stamp is None else obs_stamp)] * (n - first)
         self._last_chunk = float(now)
         self.stats.replaced += replaced
         self.stats.clamped += clamped
@@ -154,10 +161,12 @@ class ActionSchedule:
             self.stats.expired += len(self._due)
             self._due.clear()
             self._actions.clear()
+            self._stamps.clear()
             return []
         n = bisect.bisect_right(self._due, now + _EPS)
-        out = [ScheduledAction(due, self._limit(a)) for due, a in zip(self._due[:n], self._actions[:n])]
-        del self._due[:n], self._actions[:n]
+        out = [ScheduledAction(due, stamp, self._limit(a))
+               for due, stamp, a in zip(self._due[:n], self._stamps[:n], self._actions[:n])]
+        del self._due[:n], self._stamps[:n], self._actions[:n]
         self.stats.sent += n
         return out
 

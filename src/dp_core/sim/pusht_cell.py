@@ -30,7 +30,9 @@ class PushTCell:
 
     Episode ``k`` starts from seed ``seed + k`` and ends on success (coverage above the
     threshold) or after ``episode_s`` seconds (300 control steps at 10 Hz by default).
-    Until a target arrives, the agent holds its position.
+    Until a target arrives, the agent holds its position. With ``start_on_command`` an episode's
+    clock starts at the first target set after its reset, so a policy that is slow to come up
+    (model loading on a busy machine) does not lose the first episode's time.
     """
 
     def __init__(
@@ -40,12 +42,14 @@ class PushTCell:
         episode_s: float = 30.0,
         on_episode_end: Callable[[CellEpisode], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        start_on_command: bool = False,
     ) -> None:
         self.env = PushTEnv(config)
         self.seed = seed
         self.episode_s = episode_s
         self.on_episode_end = on_episode_end
         self.clock = clock
+        self.start_on_command = start_on_command
         self.results: list[CellEpisode] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -56,7 +60,8 @@ class PushTCell:
         self._episode_seed = self.seed + len(self.results)
         obs = self.env.reset(seed=self._episode_seed)
         self._target = obs["agent_pos"].astype(np.float64)
-        self._episode_start = now
+        self._episode_start: float | None = None if self.start_on_command else now
+        self._commanded = False
         self._coverage = self._max_coverage = self.env.coverage()
         self._obs = obs
 
@@ -70,6 +75,7 @@ class PushTCell:
             raise ValueError(f"target must be 2 finite numbers, got {xy!r}")
         with self._lock:
             self._target = xy
+            self._commanded = True
 
     def snapshot(self) -> tuple[dict[str, np.ndarray], float, int]:
         """(latest observation, coverage, episode index), consistent with each other."""
@@ -83,6 +89,10 @@ class PushTCell:
             self._coverage = self.env.coverage()
             self._max_coverage = max(self._max_coverage, self._coverage)
             self._obs = self.env.observe()
+            if self._episode_start is None:
+                if not self._commanded:
+                    return None
+                self._episode_start = now
             success = self._coverage > self.env.config.success_threshold
             if not success and now - self._episode_start < self.episode_s:
                 return None
