@@ -5,7 +5,7 @@ run anywhere the core runs. Bags are rosbag2 directories (``metadata.yaml`` plus
 ``ros2 bag record`` writes them; our recorder writes version 9 with MCAP storage.
 
 What a kill does to a recording: :class:`BagWriter` keeps the current MCAP chunk in memory and writes
-it out every ``flush_period_s`` (and at 1 MiB). ``close`` writes the MCAP summary and footer and then
+it out, synced to the disk, every ``flush_period_s`` (and at 1 MiB, unsynced). ``close`` writes the MCAP summary and footer and then
 ``metadata.yaml``. A recorder killed without closing (SIGKILL, power loss) leaves an MCAP file without
 footer and no ``metadata.yaml``: :class:`BagReader` refuses it with a message saying so, and
 :func:`recover_bag` (``dp-bag recover``) writes a new, complete bag from every intact record, losing
@@ -234,11 +234,12 @@ class BagWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Close the chunk held in memory and hand it to the OS (relies on rosbags 0.11's MCAP writer)."""
+        """Write the chunk held in memory to the disk (relies on rosbags 0.11's MCAP writer)."""
         storage = self._writer.storage
         if storage is not None and storage.chunk.msgs:
             storage.close_chunk()
             storage.bio.flush()
+            os.fsync(storage.bio.fileno())  # survives a power loss too, not only a killed process
         self._last_flush = time.monotonic()
 
     def close(self) -> None:
