@@ -52,8 +52,13 @@ class ReplayResult:
 
 
 def replay_bag(bag_path: str | Path, policy: DiffusionPolicy, params: PolicyNodeParams,
-               reference_topic: str = "/robot/servo_target", seed: int | None = 0, progress: bool = True) -> ReplayResult:
-    """Run ``policy`` over the bag's observations as the policy node with ``params`` would."""
+               reference_topic: str = "/robot/servo_target", seed: int | None = 0, progress: bool = True,
+               window: tuple[float, float] = (0.0, float("inf"))) -> ReplayResult:
+    """Run ``policy`` over the bag's observations as the policy node with ``params`` would.
+
+    ``window``: run the policy only at ticks this many seconds after the bag's start (observations
+    before it still fill the buffer).
+    """
     used = used_observations(params, policy.cfg.shape_meta)
     loop = PolicyLoop(PolicyRunner(policy, dt=params.dt, warm_start=params.warm_start, seed=seed), params.dt,
                       params.max_obs_age_s)
@@ -73,6 +78,8 @@ def replay_bag(bag_path: str | Path, policy: DiffusionPolicy, params: PolicyNode
         total = sum(bag.topics[t].count for t in {*by_topic, reference_topic})
 
         def tick(now: float) -> None:
+            if not window[0] <= now - result.start <= window[1]:
+                return
             chunk = loop.tick(now)
             if chunk is None:
                 result.refusals[loop.refusal.kind.value] += 1
@@ -187,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="auto, cpu, cuda (default: the parameter file's)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (-1: unseeded, as live)")
     parser.add_argument("--max-gap", type=float, default=0.25, help="s: compare only where recorded commands are this dense")
+    parser.add_argument("--from", dest="start", type=float, default=0.0, help="s after the bag's start to begin at")
+    parser.add_argument("--to", dest="stop", type=float, default=float("inf"), help="s after the bag's start to end at")
     parser.add_argument("--plot", default=None, help="write predicted vs recorded actions to this PNG")
     parser.add_argument("--output", default=None, help="write the report as JSON")
     args = parser.parse_args(argv)
@@ -195,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         if params.cpu_threads > 0:
             torch.set_num_threads(params.cpu_threads)  # as the node: latencies are comparable
         policy = load_policy(args.checkpoint, args.device or params.device)
-        result = replay_bag(args.bag, policy, params, args.reference_topic, None if args.seed < 0 else args.seed)
+        result = replay_bag(args.bag, policy, params, args.reference_topic, None if args.seed < 0 else args.seed,
+                            window=(args.start, args.stop))
     except (BagError, CheckpointError, ConfigError) as exc:
         print(f"dp-replay: error: {exc}", file=sys.stderr)
         return 1

@@ -41,6 +41,8 @@ def test_replay_runs_the_node_loop_at_recorded_times(tmp_path: Path) -> None:
     assert len(result.ref_stamps) == 31 and result.ref_values[0] == pytest.approx(agent_xy(0.1))
     again = replay_bag(bag, policy, params, progress=False)  # seeded: reproducible
     np.testing.assert_array_equal(np.stack(again.chunks), np.stack(result.chunks))
+    part = replay_bag(bag, policy, params, progress=False, window=(1.0, 2.0))  # ticks 1.002 .. 1.902 s
+    assert len(part.chunks) == 10 and part.stamps[0] == pytest.approx(result.stamps[9])
     report = summarize(result, ["x", "y"], params.dt, 0.25)
     assert report["chunks"] == 30 and set(report["action_error"]["per_dim"]) == {"x", "y"}
     assert report["compared_actions"] > 30 * 6 and len(report["action_error"]["rmse_by_step"]) == 8
