@@ -3,15 +3,22 @@
     ros2 launch dp_bringup ur5_pusht.launch.py                       # simulated cell, bundled model
     ros2 launch dp_bringup ur5_pusht.launch.py sim:=false robot_ip:=192.168.1.10 \
         camera_serials:="['123456789012', '210987654321']" checkpoint:=/path/to/policy.safetensors
+    ros2 launch dp_bringup ur5_pusht.launch.py bag:=bags/run1    # also record the config's bag_recorder topics
+
+Recording uses `ros2 bag record -s mcap` where the system has rosbag2 with the MCAP plugin, and
+otherwise our bag_recorder node (rosbags; the PyPI ROS 2 wheels have no rosbag2); both write a rosbag2
+bag with MCAP storage (`bag_recorder:=ros2bag|dp` forces one).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
-from ament_index_python.packages import get_package_share_directory
+import yaml
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, Shutdown
+from launch.actions import DeclareLaunchArgument, ExecuteProcess, LogInfo, OpaqueFunction, RegisterEventHandler, Shutdown
 from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
@@ -27,7 +34,7 @@ def launch_setup(context, *_, **__):
     share = get_package_share_directory(PKG)
     arg = {name: LaunchConfiguration(name).perform(context) for name in
            ("sim", "checkpoint", "config", "device", "robot_ip", "camera_serials", "num_episodes",
-            "seed", "extra_latency", "latency_compensation", "log_level")}
+            "seed", "extra_latency", "latency_compensation", "log_level", "bag", "bag_recorder")}
     sim = _truthy(arg["sim"])
     config = arg["config"] or os.path.join(share, "config", "pusht_sim.yaml" if sim else "ur5_real.yaml")
     checkpoint = arg["checkpoint"] or os.path.join(share, "models", "pusht_state_unet_small.safetensors")
@@ -55,7 +62,33 @@ def launch_setup(context, *_, **__):
                  parameters=[os.path.join(share, "config", "cameras.yaml")]
                  + ([{"serials": _serials(arg["camera_serials"])}] if arg["camera_serials"] else [])),
         ]
+    if arg["bag"]:
+        nodes += _recorder(arg["bag"], arg["bag_recorder"], config, common)
     return nodes
+
+
+def _has_ros2bag_mcap() -> bool:
+    if importlib.util.find_spec("ros2bag") is None:
+        return False
+    try:
+        get_package_share_directory("rosbag2_storage_mcap")
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+def _recorder(bag: str, which: str, config: str, common: dict) -> list:
+    """Record the topics of the config's bag_recorder section to ``bag`` (rosbag2, MCAP storage)."""
+    with open(config) as f:
+        section = (yaml.safe_load(f) or {}).get("bag_recorder", {}).get("ros__parameters", {})
+    topics = section.get("topics")
+    if not topics:
+        raise RuntimeError(f"bag:={bag} needs a bag_recorder: ros__parameters: topics: list in {config}")
+    if which == "ros2bag" or (which == "auto" and _has_ros2bag_mcap()):
+        return [LogInfo(msg=f"recording {len(topics)} topics to {bag} with ros2 bag record (MCAP)"),
+                ExecuteProcess(cmd=["ros2", "bag", "record", "-s", "mcap", "-o", bag, *topics], output="screen")]
+    return [Node(package=PKG, executable="bag_recorder", name="bag_recorder", **common,
+                 parameters=[config, {"output": bag}])]
 
 
 def _serials(text: str) -> list[str]:
@@ -83,5 +116,9 @@ def generate_launch_description() -> LaunchDescription:
                               description="executor schedules actions from the observation stamp (paper) or from arrival"),
         DeclareLaunchArgument("log_level", default_value="info", choices=["debug", "info", "warn", "error"],
                               description="log level of all nodes"),
+        DeclareLaunchArgument("bag", default_value="",
+                              description="record the config's bag_recorder topics to this new bag directory (MCAP)"),
+        DeclareLaunchArgument("bag_recorder", default_value="auto", choices=["auto", "ros2bag", "dp"],
+                              description="auto: ros2 bag record where rosbag2 with MCAP is installed, else bag_recorder"),
     ]
     return LaunchDescription([*args, OpaqueFunction(function=launch_setup)])

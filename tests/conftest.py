@@ -139,3 +139,61 @@ def ros(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest):
     harness = RosHarness(domain_id=150 + (os.getpid() + offset) % 80)
     yield harness
     harness.close()
+
+
+def agent_xy(t: float) -> tuple[float, float]:
+    """The synthetic cell's agent path: straight, constant speed."""
+    return 100.0 + 10.0 * t, 200.0 - 5.0 * t
+
+
+def write_cell_bag(path: Path, seconds: float = 4.0, t0: float = 1000.0, gap: tuple[float, float] | None = None,
+                   image_size: int = 16, storage: str = "mcap") -> Path:
+    """A bag with the Push-T cell's topics (message times relative to ``t0``): agent pose and 9 keypoints
+    at 50 Hz, a 20 Hz camera, servo targets every 0.1 s stamped with their due time on the agent's path.
+    Each message is received 2 ms after its stamp; ``gap`` = (start, stop): no agent poses in between.
+    """
+    from rosbags.rosbag2 import Writer
+    from rosbags.rosbag2.enums import StoragePlugin
+
+    from dp_core.bag_io import typestore_for
+
+    ts = typestore_for("kilted")
+    T, H = ts.types["builtin_interfaces/msg/Time"], ts.types["std_msgs/msg/Header"]
+    Pt, Q, Pose = ts.types["geometry_msgs/msg/Point"], ts.types["geometry_msgs/msg/Quaternion"], ts.types["geometry_msgs/msg/Pose"]
+    PS, PA, Img = ts.types["geometry_msgs/msg/PoseStamped"], ts.types["geometry_msgs/msg/PoseArray"], ts.types["sensor_msgs/msg/Image"]
+
+    def header(t: float):
+        ns = round((t0 + t) * 1e9)
+        return H(stamp=T(sec=ns // 10**9, nanosec=ns % 10**9), frame_id="world")
+
+    def pose(x: float, y: float):
+        return Pose(position=Pt(x=x, y=y, z=0.0), orientation=Q(x=0.0, y=0.0, z=0.0, w=1.0))
+
+    events = []
+    for i in range(int(seconds * 50) + 1):
+        t = i / 50
+        if gap and gap[0] <= t < gap[1]:
+            continue
+        x, y = agent_xy(t)
+        events.append((t, "/robot/tcp_pose", PS(header=header(t), pose=pose(x, y))))
+        kps = [pose(x + k, y - k) for k in range(9)]
+        events.append((t, "/pusht/keypoints", PA(header=header(t), poses=kps)))
+    for i in range(int(seconds * 20) + 1):
+        t = i / 20
+        img = np.full((image_size, image_size, 3), i % 256, np.uint8)
+        events.append((t, "/camera_0/color/image_raw", Img(header=header(t), height=image_size, width=image_size,
+                                                           encoding="rgb8", is_bigendian=0, step=image_size * 3,
+                                                           data=img.reshape(-1))))
+    for i in range(int(seconds * 10) + 1):
+        due = i / 10 + 0.1  # sent one step ahead of when it is due, as the executor does
+        events.append((i / 10, "/robot/servo_target", PS(header=header(due), pose=pose(*agent_xy(due)))))
+    events.sort(key=lambda e: e[0])
+    types = {"/robot/tcp_pose": PS, "/pusht/keypoints": PA, "/camera_0/color/image_raw": Img, "/robot/servo_target": PS}
+    with Writer(path, version=9, storage_plugin=StoragePlugin[storage.upper()]) as writer:
+        conns = {topic: writer.add_connection(topic, cls.__msgtype__, typestore=ts) for topic, cls in types.items()}
+        for t, topic, msg in events:
+            writer.write(conns[topic], round((t0 + t + 0.002) * 1e9), bytes(ts.serialize_cdr(msg, msg.__msgtype__)))
+    return path
+
+
+CELL_TOPICS = {"/robot/tcp_pose": 201, "/pusht/keypoints": 201, "/camera_0/color/image_raw": 81, "/robot/servo_target": 41}

@@ -7,16 +7,16 @@ from collections.abc import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
-from geometry_msgs.msg import PoseArray, PoseStamped
-from sensor_msgs.msg import JointState
+from geometry_msgs.msg import PoseStamped
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-POSITION_AXES = ("x", "y", "z")  # action dimensions map onto the TCP position in this order
+from dp_core.msg_fields import POSITION_AXES, stamp_seconds
+
 _TIME_FROM_START_TOL = 1e-3  # s
 
 
 def stamp_to_seconds(stamp: Time) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
+    return stamp_seconds(stamp)
 
 
 def seconds_to_stamp(seconds: float) -> Time:
@@ -90,27 +90,3 @@ def chunk_to_msg(stamp: float, actions: np.ndarray, names: Sequence[str], dt: fl
         point.time_from_start = Duration(sec=t.sec, nanosec=t.nanosec)
         msg.points.append(point)
     return msg
-
-
-def low_dim_from_msg(msg: PoseStamped | PoseArray | JointState, dim: int) -> np.ndarray:
-    """A low-dim observation vector of length ``dim`` from a state message.
-
-    PoseStamped: the first ``dim`` of (x, y, z); PoseArray: (x, y) or (x, y, z) of every pose,
-    flattened, whichever matches ``dim``; JointState: the first ``dim`` joint positions.
-    """
-    if isinstance(msg, PoseStamped):
-        p = msg.pose.position
-        values = [p.x, p.y, p.z]
-    elif isinstance(msg, PoseArray):
-        n = len(msg.poses)
-        per_pose = dim // n if n and dim % n == 0 else 0
-        if per_pose not in (2, 3):
-            raise ValueError(f"PoseArray of {n} poses cannot give {dim} values (needs 2 or 3 per pose)")
-        values = [v for pose in msg.poses for v in (pose.position.x, pose.position.y, pose.position.z)[:per_pose]]
-    elif isinstance(msg, JointState):
-        values = list(msg.position)
-    else:
-        raise TypeError(f"unsupported observation message {type(msg).__name__}")
-    if len(values) < dim:
-        raise ValueError(f"{type(msg).__name__} gives {len(values)} values, observation needs {dim}")
-    return np.asarray(values[:dim], dtype=np.float32)

@@ -7,7 +7,9 @@ from dp_core.config import ConfigError, ExperimentConfig, PolicyConfig, from_dic
 REPO = Path(__file__).resolve().parents[2]
 
 
-EXPERIMENTS = [p for p in sorted((REPO / "config").glob("*.yaml")) if "ros__parameters" not in p.read_text()]
+# experiment configs, not node parameter files (ros__parameters) or bag conversion configs (bag_*.yaml)
+EXPERIMENTS = [p for p in sorted((REPO / "config").glob("*.yaml"))
+               if "ros__parameters" not in p.read_text() and not p.name.startswith("bag_")]
 
 
 def test_experiment_configs_found() -> None:

@@ -7,6 +7,7 @@ executor was measured to slow CPU inference 40-fold through GIL contention.)
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import deque
@@ -23,12 +24,12 @@ from std_msgs.msg import Float64
 from trajectory_msgs.msg import JointTrajectory
 
 from dp_bringup.node_runner import diagnostic_status, publish_diagnostics, run_node
-from dp_bringup.ros_conversions import chunk_to_msg, low_dim_from_msg, stamp_to_seconds
-from dp_bringup.ros_image import image_to_numpy
+from dp_bringup.ros_conversions import chunk_to_msg
 from dp_core.checkpoint import load_policy
 from dp_core.control.policy_loop import PolicyLoop
-from dp_core.fast_inference import InferenceOptions
+from dp_core.control.policy_params import PolicyNodeParams, used_observations
 from dp_core.inference import PolicyRunner
+from dp_core.msg_fields import observation_from_msg
 
 MSG_TYPES = {"Image": Image, "PoseStamped": PoseStamped, "PoseArray": PoseArray, "JointState": JointState}
 
@@ -36,48 +37,31 @@ MSG_TYPES = {"Image": Image, "PoseStamped": PoseStamped, "PoseArray": PoseArray,
 class PolicyNode(Node):
     def __init__(self) -> None:
         super().__init__("policy")
-        checkpoint = self.declare_parameter("checkpoint", "").value
-        device = self.declare_parameter("device", "auto").value
-        self.rate_hz = self.declare_parameter("rate_hz", 10.0).value
-        self.dt = self.declare_parameter("dt", 0.1).value
-        max_age = self.declare_parameter("max_obs_age_s", 0.25).value
-        keys = list(self.declare_parameter("obs_keys", ["keypoint", "agent_pos"]).value)
-        topics = list(self.declare_parameter("obs_topics", ["/pusht/keypoints", "/robot/tcp_pose"]).value)
-        types = list(self.declare_parameter("obs_types", ["PoseArray", "PoseStamped"]).value)
-        self.action_names = list(self.declare_parameter("action_names", ["x", "y"]).value)
-        warm_start = self.declare_parameter("warm_start", True).value
-        self.extra_latency = self.declare_parameter("extra_latency_s", 0.0).value
-        chunk_topic = self.declare_parameter("chunk_topic", "/policy/action_chunk").value
-        cpu_threads = self.declare_parameter("cpu_threads", 1).value
-        inference = InferenceOptions(
-            fast=self.declare_parameter("fast_inference", True).value,
-            precision=self.declare_parameter("inference_precision", "fp32").value,
-            cuda_graph=self.declare_parameter("cuda_graph", True).value,
-        )
-        if not checkpoint:
+        defaults = PolicyNodeParams()
+        p = PolicyNodeParams(**{f.name: self.declare_parameter(f.name, getattr(defaults, f.name)).value
+                                for f in dataclasses.fields(PolicyNodeParams)})
+        p.validate()
+        if not p.checkpoint:
             raise ValueError("parameter 'checkpoint' is required (a .safetensors policy file)")
-        if not len(keys) == len(topics) == len(types):
-            raise ValueError(f"obs_keys, obs_topics and obs_types must have equal lengths: {keys} {topics} {types}")
+        self.rate_hz, self.dt, self.extra_latency = p.rate_hz, p.dt, p.extra_latency_s
+        self.action_names = list(p.action_names)
+        checkpoint, device, cpu_threads, max_age = p.checkpoint, p.device, p.cpu_threads, p.max_obs_age_s
+        keys, topics = list(p.obs_keys), list(p.obs_topics)
 
         if cpu_threads > 0:  # few threads: OpenMP workers spinning beside the other nodes cost more than they give
             torch.set_num_threads(cpu_threads)
         policy = load_policy(checkpoint, device)
         cfg = policy.cfg
-        missing = set(cfg.shape_meta.obs) - set(keys)
-        if missing:
-            raise ValueError(f"policy needs observations {sorted(missing)} that obs_keys {keys} do not provide")
-        if len(self.action_names) != cfg.shape_meta.action.dim:
-            raise ValueError(f"action_names {self.action_names} vs policy action dim {cfg.shape_meta.action.dim}")
-        self.loop = PolicyLoop(PolicyRunner(policy, dt=self.dt, warm_start=warm_start, inference=inference), self.dt, max_age)
-
-        for key, topic, type_name in zip(keys, topics, types):
-            if type_name not in MSG_TYPES:
-                raise ValueError(f"obs_types entry '{type_name}' is not one of {sorted(MSG_TYPES)}")
-            if key not in cfg.shape_meta.obs:
+        used = used_observations(p, cfg.shape_meta)
+        runner = PolicyRunner(policy, dt=self.dt, warm_start=p.warm_start, inference=p.inference_options())
+        self.loop = PolicyLoop(runner, self.dt, max_age)
+        for key, topic in zip(keys, topics):
+            if key not in used:
                 self.get_logger().info(f"observation '{key}' on {topic} is not used by this policy")
-                continue
-            self.create_subscription(MSG_TYPES[type_name], topic, self._make_callback(key), qos_profile_sensor_data)
-        self.chunk_pub = self.create_publisher(JointTrajectory, chunk_topic, 10)
+        for key, (topic, type_name) in used.items():
+            callback = self._make_callback(key, type_name)
+            self.create_subscription(MSG_TYPES[type_name], topic, callback, qos_profile_sensor_data)
+        self.chunk_pub = self.create_publisher(JointTrajectory, p.chunk_topic, 10)
         self.latency_pub = self.create_publisher(Float64, "/policy/inference_time", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.ages: deque[float] = deque(maxlen=100)
@@ -88,17 +72,15 @@ class PolicyNode(Node):
         self._thread.start()
         self.get_logger().info(
             f"policy {checkpoint} on {policy.device} ({'fast' if policy.uses_fast_path else 'reference'} path, "
-            f"{inference.precision}): {cfg.denoiser} {cfg.kind}, To={cfg.n_obs_steps} "
+            f"{p.inference_precision}): {cfg.denoiser} {cfg.kind}, To={cfg.n_obs_steps} "
             f"Tp={cfg.horizon} Ta={cfg.n_action_steps}, observations {dict(zip(keys, topics))}"
         )
 
-    def _make_callback(self, key: str):
+    def _make_callback(self, key: str, type_name: str):
         spec = self.loop.specs[key]
 
         def callback(msg) -> None:
-            stamp = stamp_to_seconds(msg.header.stamp)
-            value = image_to_numpy(msg, "rgb8") if spec.type == "rgb" else low_dim_from_msg(msg, spec.shape[0])
-            self.loop.add(key, stamp, value)
+            self.loop.add(key, *observation_from_msg(msg, type_name, spec))  # the decoding bag replay uses
 
         return callback
 

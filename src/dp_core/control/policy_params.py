@@ -1,0 +1,87 @@
+"""The policy node's parameters as a dataclass, read from a ROS 2 parameter file without ROS.
+
+The node declares exactly these parameters with these defaults; bag replay reads the same file
+(``<node>.ros__parameters`` of e.g. config/pusht_sim.yaml), so both run with the same settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..config import ConfigError, ShapeMeta, from_dict
+from ..fast_inference import InferenceOptions
+from ..msg_fields import OBS_TYPES
+
+
+@dataclass
+class PolicyNodeParams:
+    checkpoint: str = ""
+    device: str = "auto"
+    rate_hz: float = 10.0
+    dt: float = 0.1
+    max_obs_age_s: float = 0.25
+    obs_keys: list[str] = field(default_factory=lambda: ["keypoint", "agent_pos"])
+    obs_topics: list[str] = field(default_factory=lambda: ["/pusht/keypoints", "/robot/tcp_pose"])
+    obs_types: list[str] = field(default_factory=lambda: ["PoseArray", "PoseStamped"])
+    action_names: list[str] = field(default_factory=lambda: ["x", "y"])
+    warm_start: bool = True
+    extra_latency_s: float = 0.0
+    chunk_topic: str = "/policy/action_chunk"
+    cpu_threads: int = 1
+    fast_inference: bool = True  # False: the reference sampling path
+    inference_precision: str = "fp32"  # bf16: autocast on CUDA
+    cuda_graph: bool = True  # capture noise-free sampling on CUDA
+
+    def inference_options(self) -> InferenceOptions:
+        return InferenceOptions(fast=self.fast_inference, precision=self.inference_precision, cuda_graph=self.cuda_graph)
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` on inconsistent observation lists or unknown message types."""
+        keys, topics, types = self.obs_keys, self.obs_topics, self.obs_types
+        if not len(keys) == len(topics) == len(types):
+            raise ConfigError(f"obs_keys, obs_topics and obs_types must have equal lengths: {keys} {topics} {types}")
+        bad = [t for t in types if t not in OBS_TYPES]
+        if bad:
+            raise ConfigError(f"obs_types entries {bad} are not among {list(OBS_TYPES)}")
+        if self.inference_precision not in ("fp32", "bf16"):
+            raise ConfigError(f"inference_precision must be 'fp32' or 'bf16'; got {self.inference_precision!r}")
+        if self.rate_hz <= 0 or self.dt <= 0 or self.max_obs_age_s <= 0:
+            raise ConfigError(f"rate_hz, dt and max_obs_age_s must be > 0; got {self.rate_hz}, {self.dt}, {self.max_obs_age_s}")
+
+
+def load_node_params(path: str | Path, node: str = "policy") -> PolicyNodeParams:
+    """``PolicyNodeParams`` from the ``<node>: ros__parameters:`` section of a parameter file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"parameter file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    section = data.get(node, {}) if isinstance(data, dict) else None
+    if not isinstance(section, dict) or "ros__parameters" not in section:
+        raise ConfigError(f"{path}: no '{node}: ros__parameters:' section")
+    try:
+        params = from_dict(PolicyNodeParams, section["ros__parameters"], f"{node}.ros__parameters")
+        params.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return params
+
+
+def used_observations(params: PolicyNodeParams, shape_meta: ShapeMeta) -> dict[str, tuple[str, str]]:
+    """``{obs key: (topic, message type)}`` of the configured observations the policy uses.
+
+    Raises ``ConfigError`` when the policy needs an observation the parameters do not provide or the
+    action names do not match the policy's action dimension.
+    """
+    missing = set(shape_meta.obs) - set(params.obs_keys)
+    if missing:
+        raise ConfigError(f"policy needs observations {sorted(missing)} that obs_keys {params.obs_keys} do not provide")
+    if len(params.action_names) != shape_meta.action.dim:
+        raise ConfigError(f"action_names {params.action_names} vs policy action dim {shape_meta.action.dim}")
+    return {key: (topic, type_name) for key, topic, type_name in zip(params.obs_keys, params.obs_topics, params.obs_types)
+            if key in shape_meta.obs}

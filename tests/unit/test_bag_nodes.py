@@ -1,0 +1,86 @@
+"""Bag recorder and player QoS choices, the launch file's bag:= option and the policy node's parameter file."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rosbags.interfaces import QosDurability, QosReliability
+
+from conftest import REPO
+from dp_bringup.nodes.bag_player_node import publisher_qos
+from dp_bringup.nodes.bag_recorder_node import subscription_qos, to_bag_qos
+from dp_core.config import ActionSpec, ConfigError, ObsSpec, ShapeMeta
+from dp_core.control.policy_params import PolicyNodeParams, load_node_params, used_observations
+
+RELIABLE = QoSProfile(depth=10)
+LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def test_recorder_matches_every_publisher() -> None:
+    assert subscription_qos([RELIABLE]).reliability == ReliabilityPolicy.RELIABLE
+    mixed = subscription_qos([RELIABLE, qos_profile_sensor_data])  # one best-effort publisher: best effort
+    assert mixed.reliability == ReliabilityPolicy.BEST_EFFORT and mixed.durability == DurabilityPolicy.VOLATILE
+    assert subscription_qos([LATCHED]).durability == DurabilityPolicy.TRANSIENT_LOCAL
+    assert subscription_qos([LATCHED, RELIABLE]).durability == DurabilityPolicy.VOLATILE
+
+
+def test_recorded_qos_round_trips_to_the_player() -> None:
+    sensor = to_bag_qos(qos_profile_sensor_data)
+    assert sensor.reliability == QosReliability.BEST_EFFORT and sensor.depth == qos_profile_sensor_data.depth
+    assert to_bag_qos(LATCHED).durability == QosDurability.TRANSIENT_LOCAL
+    assert publisher_qos([sensor]).reliability == ReliabilityPolicy.BEST_EFFORT
+    assert publisher_qos([to_bag_qos(RELIABLE)]).reliability == ReliabilityPolicy.RELIABLE
+    assert publisher_qos([to_bag_qos(LATCHED)]).durability == DurabilityPolicy.TRANSIENT_LOCAL
+    assert publisher_qos([]).reliability == ReliabilityPolicy.RELIABLE  # nothing recorded: reliable, volatile
+
+
+def _launch_module():
+    spec = importlib.util.spec_from_file_location("ur5_pusht_launch", REPO / "launch" / "ur5_pusht.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_launch_records_the_configs_topics(tmp_path) -> None:
+    from launch.actions import ExecuteProcess
+    from launch_ros.actions import Node
+
+    launch = _launch_module()
+    config = str(REPO / "config" / "pusht_sim.yaml")
+    ours = launch._recorder(str(tmp_path / "b"), "dp", config, {})
+    assert len(ours) == 1 and isinstance(ours[0], Node)
+    rosbag2 = launch._recorder(str(tmp_path / "b"), "ros2bag", config, {})
+    process = rosbag2[-1]
+    assert isinstance(process, ExecuteProcess)
+    cmd = [c[0].text for c in process.cmd]
+    assert cmd[:6] == ["ros2", "bag", "record", "-s", "mcap", "-o"] and "/robot/servo_target" in cmd
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("policy: {ros__parameters: {}}\n")
+    with pytest.raises(RuntimeError, match="bag_recorder: ros__parameters: topics"):
+        launch._recorder(str(tmp_path / "b"), "auto", str(empty), {})
+
+
+def test_node_parameter_files_load() -> None:
+    sim = load_node_params(REPO / "config" / "pusht_sim.yaml")
+    assert sim.obs_keys == ["keypoint", "agent_pos", "image"] and sim.obs_types[2] == "Image"
+    real = load_node_params(REPO / "config" / "ur5_real.yaml")
+    assert real.obs_topics[2] == "/robot/tcp_pose"
+    meta = ShapeMeta(obs={"keypoint": ObsSpec("low_dim", [18]), "agent_pos": ObsSpec("low_dim", [2])}, action=ActionSpec(2))
+    assert used_observations(sim, meta) == {"keypoint": ("/pusht/keypoints", "PoseArray"),
+                                            "agent_pos": ("/robot/tcp_pose", "PoseStamped")}
+    with pytest.raises(ConfigError, match=r"needs observations \['agent_pos'\]"):
+        used_observations(PolicyNodeParams(obs_keys=["keypoint", "x"]), meta)
+
+
+def test_node_parameter_file_errors(tmp_path) -> None:
+    bad = tmp_path / "p.yaml"
+    bad.write_text("policy:\n  ros__parameters:\n    rate_hzz: 5.0\n")
+    with pytest.raises(ConfigError, match="policy.ros__parameters.rate_hzz.*did you mean 'rate_hz'"):
+        load_node_params(bad)
+    bad.write_text("policy:\n  ros__parameters:\n    obs_types: [PoseArray, Twist]\n")
+    with pytest.raises(ConfigError, match=r"obs_types entries \['Twist'\]"):
+        load_node_params(bad)
+    with pytest.raises(ConfigError, match="no 'executor: ros__parameters:' section"):
+        load_node_params(REPO / "config" / "pusht_sim.yaml", node="executor")
