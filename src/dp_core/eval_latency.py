@@ -11,6 +11,7 @@ Running on a virtual clock makes the table reproducible and independent of machi
 from __future__ import annotations
 
 import numpy as np
+from tqdm import tqdm
 
 from .control.action_schedule import ActionSchedule
 from .eval_pusht import pusht_sources
@@ -58,18 +59,24 @@ def latency_table(
     env = PushTEnv(PushTConfig(render_size=96 if policy.cfg.shape_meta.rgb_keys else 0))
     runner = PolicyRunner(policy, dt=1.0 / env.config.control_hz, seed=seed)
     replan = replan_steps or policy.cfg.n_action_steps
+    cases = [(delay, compensate) for delay in delays_s for compensate in ([True] if delay == 0 else [True, False])]
     rows = []
-    for delay in delays_s:
-        for compensate in ([True] if delay == 0 else [True, False]):
-            results = [run_delayed_episode(env, runner, seed + i, delay, compensate, replan) for i in range(episodes)]
-            covs = [r[0] for r in results]
-            received, dropped = sum(r[1] for r in results), sum(r[2] for r in results)
-            rows.append({
-                "delay_s": delay,
-                "delay_steps": round(delay / runner.dt, 3),
-                "compensation": compensate,
-                "score": pusht_score(covs),
-                "mean_max_coverage": float(np.mean(covs)),
-                "fraction_dropped": dropped / received if received else 0.0,
-            })
+    progress = tqdm(total=len(cases) * episodes, desc="latency table", unit="episode")
+    for delay, compensate in cases:
+        results = []
+        for i in range(episodes):
+            progress.set_postfix(delay=delay, compensation=compensate)
+            results.append(run_delayed_episode(env, runner, seed + i, delay, compensate, replan))
+            progress.update()
+        covs = [r[0] for r in results]
+        received, dropped = sum(r[1] for r in results), sum(r[2] for r in results)
+        rows.append({
+            "delay_s": delay,
+            "delay_steps": round(delay / runner.dt, 3),
+            "compensation": compensate,
+            "score": pusht_score(covs),
+            "mean_max_coverage": float(np.mean(covs)),
+            "fraction_dropped": dropped / received if received else 0.0,
+        })
+    progress.close()
     return rows

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_policy
@@ -156,9 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     lat.add_argument("--delays", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.4], help="seconds")
     lat.add_argument("--device", default="auto")
     lat.add_argument("--output", default=None, help="write the JSON table here")
+    for sp in (p, lat):
+        sp.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: batch-1 inference is fastest so, and does not "
+                             "collapse when other processes share the cores; 0: torch's default)")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error("--episodes must be >= 1")
+    if args.threads < 0:
+        parser.error("--threads must be >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.task == "latency":
         return _latency_main(args)
     try:
