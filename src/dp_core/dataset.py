@@ -21,6 +21,17 @@ class DatasetError(ValueError):
     """A dataset file is missing, malformed or lacks a key the config asks for."""
 
 
+def committed_episode_ends(raw: np.ndarray) -> np.ndarray:
+    """The committed prefix of a raw ``meta/episode_ends``: positive and strictly increasing.
+
+    A commit interrupted between growing the array and writing its value leaves a trailing fill value
+    (0); that entry and anything after a non-increasing one are not committed.
+    """
+    raw = np.asarray(raw, dtype=np.int64).reshape(-1)
+    bad = np.flatnonzero(np.diff(np.concatenate([[0], raw])) <= 0)
+    return raw[: bad[0]] if len(bad) else raw
+
+
 class EpisodeStore:
     """Read and append episodes in a zarr group with ``data/*`` and ``meta/episode_ends``.
 
@@ -52,7 +63,7 @@ class EpisodeStore:
     def episode_ends(self) -> np.ndarray:
         if "meta/episode_ends" not in self.group:
             return np.zeros(0, dtype=np.int64)
-        return np.asarray(self.group["meta/episode_ends"][:], dtype=np.int64)
+        return committed_episode_ends(self.group["meta/episode_ends"][:])
 
     @property
     def n_episodes(self) -> int:
