@@ -40,6 +40,10 @@ setup(
             "action_executor = dp_bringup.nodes.executor_node:main",
             "ur_driver = dp_bringup.nodes.ur_driver_node:main",
             "cameras = dp_bringup.nodes.camera_node:main",
+            "spacemouse = dp_bringup.nodes.spacemouse_node:main",
+            "teleop = dp_bringup.nodes.teleop_node:main",
+            "demo_recorder = dp_bringup.nodes.demo_recorder_node:main",
+            "scripted_teleop = dp_bringup.nodes.scripted_teleop_node:main",
         ],
     },
 )

@@ -19,6 +19,15 @@ def test_deadzone_and_scaling() -> None:
     np.testing.assert_allclose(m.twist([1.7, 0, 0, 0, 0, 0])[0], 200.0)
 
 
+def test_axis_map_routes_device_axes() -> None:
+    # Simulated cell: screen x (right) = -device y (left), screen y (down) = -device x (forward).
+    m = SpaceMouseMapping(deadzone=0.0, scale=[-300.0, -300.0, 0.0, 0.0, 0.0, 0.0], axis_map=[1, 0, 2, 3, 4, 5])
+    np.testing.assert_allclose(m.twist([1.0, 0.0, 0, 0, 0, 0])[:2], [0.0, -300.0])  # push forward: up
+    np.testing.assert_allclose(m.twist([0.0, -0.5, 0, 0, 0, 0])[:2], [150.0, 0.0])  # push right: right
+    with pytest.raises(ValueError, match="permutation"):
+        SpaceMouseMapping(axis_map=[0, 0, 1, 2, 3, 4])
+
+
 def test_mapping_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="deadzone"):
         SpaceMouseMapping(deadzone=1.0)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from ..dataset import DatasetError, committed_episode_ends
+from ..episode_store import DatasetError, committed_episode_ends
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,9 @@ class PushTCell:
     """One Push-T episode after another, in real time.
 
     Episode ``k`` starts from seed ``seed + k`` and ends on success (coverage above the
-    threshold) or after ``episode_s`` seconds (300 control steps at 10 Hz by default).
-    Until a target arrives, the agent holds its position.
+    threshold) or after ``episode_s`` seconds (300 control steps at 10 Hz by default); with
+    ``auto_reset`` false (data collection) only :meth:`reset` ends it. Until a target arrives,
+    the agent holds its position.
     """
 
     def __init__(
@@ -40,12 +41,14 @@ class PushTCell:
         episode_s: float = 30.0,
         on_episode_end: Callable[[CellEpisode], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        auto_reset: bool = True,
     ) -> None:
         self.env = PushTEnv(config)
         self.seed = seed
         self.episode_s = episode_s
         self.on_episode_end = on_episode_end
         self.clock = clock
+        self.auto_reset = auto_reset
         self.results: list[CellEpisode] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -84,13 +87,26 @@ class PushTCell:
             self._max_coverage = max(self._max_coverage, self._coverage)
             self._obs = self.env.observe()
             success = self._coverage > self.env.config.success_threshold
-            if not success and now - self._episode_start < self.episode_s:
+            if not self.auto_reset or (not success and now - self._episode_start < self.episode_s):
                 return None
-            done = CellEpisode(len(self.results), self._episode_seed, self._max_coverage, now - self._episode_start, success)
-            self.results.append(done)
-            self._start_episode(now)
+            done = self._end_episode(now)
         if self.on_episode_end:
             self.on_episode_end(done)
+        return done
+
+    def reset(self) -> CellEpisode:
+        """End the current episode now and start the next one (seed + 1)."""
+        with self._lock:
+            done = self._end_episode(self.clock())
+        if self.on_episode_end:
+            self.on_episode_end(done)
+        return done
+
+    def _end_episode(self, now: float) -> CellEpisode:
+        success = self._max_coverage > self.env.config.success_threshold
+        done = CellEpisode(len(self.results), self._episode_seed, self._max_coverage, now - self._episode_start, success)
+        self.results.append(done)
+        self._start_episode(now)
         return done
 
     def score(self) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dataset import DatasetError, EpisodeStore
+from ..episode_store import DatasetError, EpisodeStore
 
 
 def demo_actions(path: str | Path, episode: int) -> np.ndarray:

@@ -2,9 +2,10 @@
 
 The device reports six axes in [-1, 1] (x, y, z, roll, pitch, yaw in the ROS convention: x forward,
 y left, z up). :class:`SpaceMouseMapping` removes a deadzone around rest (rescaling the remainder so
-the output still reaches full scale), multiplies each axis by its scale (units per second: m/s and
-rad/s on a robot, pixels/s in the simulated Push-T cell; a negative scale flips an axis) and returns
-the twist ``[vx, vy, vz, wx, wy, wz]``. :func:`open_spacemouse` wraps pyspacemouse.
+the output still reaches full scale), routes device axis ``axis_map[i]`` to twist component ``i`` (to
+match the robot's or the screen's frame), multiplies it by ``scale[i]`` (units per second: m/s and
+rad/s on a robot, pixels/s in the simulated Push-T cell; a negative scale flips it) and returns the
+twist ``[vx, vy, vz, wx, wy, wz]``. :func:`open_spacemouse` wraps pyspacemouse.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ AXES = ("x", "y", "z", "roll", "pitch", "yaw")
 @dataclass
 class SpaceMouseMapping:
     deadzone: float = 0.05  # fraction of full deflection treated as rest
-    scale: list[float] = field(default_factory=lambda: [1.0] * 6)  # per axis, units/s at full deflection
+    scale: list[float] = field(default_factory=lambda: [1.0] * 6)  # per twist component, units/s at full deflection
+    axis_map: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])  # device axis of each component
 
     def __post_init__(self) -> None:
+        if sorted(self.axis_map) != list(range(6)):
+            raise ValueError(f"axis_map must be a permutation of 0..5; got {list(self.axis_map)}")
         if not 0.0 <= self.deadzone < 1.0:
             raise ValueError(f"deadzone must be in [0, 1); got {self.deadzone}")
         if len(self.scale) != 6 or not all(np.isfinite(self.scale)):
@@ -34,7 +38,7 @@ class SpaceMouseMapping:
         if a.shape != (6,) or not np.all(np.isfinite(a)):
             raise ValueError(f"need 6 finite axis values ({', '.join(AXES)}); got {list(axes)}")
         magnitude = np.maximum(np.abs(a) - self.deadzone, 0.0) / (1.0 - self.deadzone)
-        return np.sign(a) * magnitude * np.asarray(self.scale, dtype=float)
+        return (np.sign(a) * magnitude)[list(self.axis_map)] * np.asarray(self.scale, dtype=float)
 
 
 class ButtonEdges:
