@@ -54,8 +54,8 @@ DEFAULTS: dict[str, Any] = {  # the simulated Push-T cell; config/recorder.yaml 
 
 
 class DemoRecorderNode(Node):
-    def __init__(self) -> None:
-        super().__init__("demo_recorder")
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("demo_recorder", **kwargs)
         self.declare_parameters("", list(DEFAULTS.items()))
         p = {name: self.get_parameter(name).value for name in DEFAULTS}
         if not p["dataset"]:

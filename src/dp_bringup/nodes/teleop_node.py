@@ -48,8 +48,8 @@ DEFAULTS: dict[str, Any] = {  # the simulated Push-T cell (pixels); config/teleo
 
 
 class TeleopNode(Node):
-    def __init__(self) -> None:
-        super().__init__("teleop")
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("teleop", **kwargs)
         self.declare_parameters("", list(DEFAULTS.items()))
         p = {name: self.get_parameter(name).value for name in DEFAULTS}
         if p["input"] not in INPUTS:
