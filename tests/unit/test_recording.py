@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zarr
 
-from dp_core.dataset import DatasetError, EpisodeStore, committed_episode_ends
+from dp_core.episode_store import DatasetError, EpisodeStore, committed_episode_ends
 from dp_core.recording import EpisodeRecorder, EpisodeWriter, RecorderError, StreamSpec
 
 REPO = Path(__file__).resolve().parents[2]

@@ -144,3 +144,16 @@ def test_recorder_node_records_through_services_and_buttons(ros, tmp_path: Path)
     ros.spin_until(lambda: False, 0.5)
     press(0)  # stop: saved
     assert EpisodeStore.open(dataset).n_episodes == 2
+
+
+def test_spacemouse_node_without_a_device_exits_with_a_clear_message(monkeypatch, capsys) -> None:
+    import pyspacemouse
+
+    from dp_bringup.nodes import spacemouse_node
+
+    monkeypatch.setattr(pyspacemouse, "get_connected_devices", lambda: [])
+    with pytest.raises(SystemExit) as exc:
+        spacemouse_node.main([])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "no SpaceMouse found" in err and "Traceback" not in err
