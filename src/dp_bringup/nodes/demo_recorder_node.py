@@ -113,7 +113,7 @@ class DemoRecorderNode(Node):
     def _on_obs(self, key: str, spec: StreamSpec, msg) -> None:
         try:
             value = image_to_numpy(msg, "rgb8") if spec.kind == "image" else low_dim_from_msg(msg, spec.dim)
-            self.recorder.observe(key, value, stamp_to_seconds(msg.header.stamp) if hasattr(msg, "header") else self._now())
+            self.recorder.observe(key, value, stamp_to_seconds(msg.header.stamp))
         except (ValueError, TypeError) as exc:
             self._bad_messages += 1
             self.get_logger().error(f"ignored {key} message: {exc}", throttle_duration_sec=2.0)
@@ -168,12 +168,18 @@ class DemoRecorderNode(Node):
         self._after_episode()
         return f"discarded the episode in progress ({n} steps)"
 
-    def _after_episode(self) -> None:
-        for client in self._after:
-            if not client.service_is_ready():
-                self.get_logger().warning(f"after-episode service {client.srv_name} not available; skipped")
-                continue
-            client.call_async(Trigger.Request())  # fire in order; they act on the next messages
+    def _after_episode(self, index: int = 0) -> None:
+        """Call the after-episode services one after another, each once the previous one answered
+        (the teleop resync must see the pose after the cell's reset, not before)."""
+        if index >= len(self._after):
+            return
+        client = self._after[index]
+        if not client.service_is_ready():
+            self.get_logger().warning(f"after-episode service {client.srv_name} not available; skipped")
+            self._after_episode(index + 1)
+            return
+        future = client.call_async(Trigger.Request())
+        future.add_done_callback(lambda _: self._after_episode(index + 1))
 
     def _on_tick(self) -> None:
         try:
