@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-import zarr
 
 from .config import DataConfig, PolicyConfig, ShapeMeta
 from .episode_store import DatasetError, EpisodeStore, committed_episode_ends
