@@ -45,6 +45,10 @@ setup(
             "cameras = dp_bringup.nodes.camera_node:main",
             "bag_recorder = dp_bringup.nodes.bag_recorder_node:main",
             "bag_player = dp_bringup.nodes.bag_player_node:main",
+            "spacemouse = dp_bringup.nodes.spacemouse_node:main",
+            "teleop = dp_bringup.nodes.teleop_node:main",
+            "demo_recorder = dp_bringup.nodes.demo_recorder_node:main",
+            "scripted_teleop = dp_bringup.nodes.scripted_teleop_node:main",
         ],
     },
 )

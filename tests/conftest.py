@@ -100,6 +100,7 @@ class RosHarness:
         from rclpy.executors import SingleThreadedExecutor
 
         self._rclpy = rclpy
+        self.domain_id = domain_id  # for processes that must join this graph
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain_id)
         self.executor = SingleThreadedExecutor(context=self.context)

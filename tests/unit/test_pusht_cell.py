@@ -66,3 +66,15 @@ def test_real_time_thread_runs_and_stops() -> None:
     time.sleep(0.3)
     cell.stop()
     assert np.linalg.norm(cell.snapshot()[0]["agent_pos"] - start) > 5.0
+
+
+def test_without_auto_reset_only_reset_ends_an_episode() -> None:
+    ended = []
+    cell = PushTCell(PushTConfig(render_size=0), seed=3, episode_s=0.5, on_episode_end=ended.append,
+                     clock=lambda: 0.0, auto_reset=False)
+    for i in range(100):
+        assert cell.tick(now=(i + 1) * 0.01) is None  # well past episode_s
+    done = cell.reset()
+    assert ended == [done] and done.seed == 3 and done.index == 0
+    env = PushTEnv(PushTConfig(render_size=0))
+    assert np.array_equal(cell.snapshot()[0]["state"], env.reset(seed=4)["state"])

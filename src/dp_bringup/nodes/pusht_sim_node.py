@@ -4,6 +4,8 @@ Physics runs in real time in its own thread (dp_core.sim.pusht_cell); this node 
 the camera image and the agent pose at their rates with the current ROS time, plus the
 block pose, keypoints and coverage for evaluation, and follows `/robot/servo_target`.
 With `num_episodes > 0` it prints a JSON score report after that many episodes and exits.
+The `~/reset` service (std_srvs/Trigger) ends the episode and starts the next; with `auto_reset`
+false (data collection) only it does, so success or a timeout never reset the cell mid-demonstration.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float64
+from std_srvs.srv import Trigger
 
 from dp_bringup.node_runner import diagnostic_status, publish_diagnostics, run_node
 from dp_bringup.ros_image import numpy_to_image
@@ -41,11 +44,12 @@ class PushTSimNode(Node):
             "frame_id": self.declare_parameter("frame_id", "pusht_world").value,
             "command_topic": self.declare_parameter("command_topic", "/robot/servo_target").value,
             "report_path": self.declare_parameter("report_path", "").value,
+            "auto_reset": self.declare_parameter("auto_reset", True).value,
         }
         self.p = p
         self.finished = threading.Event()
         self.cell = PushTCell(PushTConfig(render_size=p["render_size"]), p["seed"], p["episode_s"], self._on_episode_end,
-                              start_on_command=p["start_on_command"])
+                              start_on_command=p["start_on_command"], auto_reset=p["auto_reset"])
         cam = f"/{p['camera_name']}/color"
         self.image_pub = self.create_publisher(Image, f"{cam}/image_raw", qos_profile_sensor_data)
         self.info_pub = self.create_publisher(CameraInfo, f"{cam}/camera_info", qos_profile_sensor_data)
@@ -55,6 +59,7 @@ class PushTSimNode(Node):
         self.cov_pub = self.create_publisher(Float64, "/pusht/coverage", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_subscription(PoseStamped, p["command_topic"], self._on_target, 10)
+        self.create_service(Trigger, "~/reset", self._on_reset)
         self.create_timer(1.0 / p["camera_rate_hz"], self._publish_camera)
         self.create_timer(1.0 / p["state_rate_hz"], self._publish_state)
         self.create_timer(0.1, self._publish_coverage)
@@ -68,6 +73,12 @@ class PushTSimNode(Node):
 
     def _on_target(self, msg: PoseStamped) -> None:
         self.cell.set_target(np.array([msg.pose.position.x, msg.pose.position.y]))
+
+    def _on_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        done = self.cell.reset()
+        response.success = True
+        response.message = f"episode {done.index} ended (max coverage {done.max_coverage:.3f}); seed {done.seed + 1} next"
+        return response
 
     def _publish_camera(self) -> None:
         obs, _, _ = self.cell.snapshot()

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .command_limits import CommandLimiter
+
 _EPS = 1e-9  # s: times this close count as equal (float noise in stamp + (i + 1) * dt)
 
 
@@ -58,10 +60,10 @@ class ScheduleStats:
 class ActionSchedule:
     """A time-ordered queue of actions fed by chunks and drained by a fast clock.
 
-    ``max_step`` bounds the Euclidean norm of the difference between consecutive sent actions
-    (``None``: no limit). A longer step is shortened along its direction, so the commanded path keeps
-    its shape and, the workspace being a box, stays inside it. The first action ever sent has no
-    predecessor and is not limited.
+    Sent actions pass a :class:`~dp_core.control.command_limits.CommandLimiter` (the limits teleoperation
+    uses too): clamped into the workspace box on arrival, and ``max_step`` (``None``: no limit) bounds
+    the Euclidean norm of the difference between consecutive sent actions. The first action ever sent
+    has no predecessor and is not step-limited.
 
     Watchdog: :meth:`hold` is true when no chunk scheduled an action within ``watchdog_s`` (or none
     ever did; chunks whose actions were all late do not count). While holding, :meth:`pop_due` sends
@@ -80,23 +82,19 @@ class ActionSchedule:
         latency_margin: float = 0.01,
         watchdog_s: float = 0.5,
     ) -> None:
-        lo, hi = np.asarray(workspace_min, float), np.asarray(workspace_max, float)
-        if lo.ndim != 1 or lo.size == 0 or lo.shape != hi.shape or not np.all(lo <= hi):
-            raise ValueError(f"workspace_min {lo.tolist()} and workspace_max {hi.tolist()} must be equally long "
-                             "non-empty lists with min <= max")
-        if not (dt > 0 and watchdog_s > 0 and latency_margin >= 0) or (max_step is not None and not max_step > 0):
-            raise ValueError(f"need dt > 0, watchdog_s > 0, latency_margin >= 0 and max_step > 0 or None; got "
-                             f"dt={dt}, watchdog_s={watchdog_s}, latency_margin={latency_margin}, max_step={max_step}")
+        self.limiter = CommandLimiter(workspace_min, workspace_max, max_step)
+        if not (dt > 0 and watchdog_s > 0 and latency_margin >= 0):
+            raise ValueError(f"need dt > 0, watchdog_s > 0 and latency_margin >= 0; got "
+                             f"dt={dt}, watchdog_s={watchdog_s}, latency_margin={latency_margin}")
         self.dt = float(dt)
         self.latency_margin = float(latency_margin)
         self.watchdog_s = float(watchdog_s)
         self.max_step = max_step
-        self.workspace_min, self.workspace_max = lo, hi
+        self.workspace_min, self.workspace_max = self.limiter.workspace_min, self.limiter.workspace_max
         self.stats = ScheduleStats()
         self._due: list[float] = []
         self._actions: list[np.ndarray] = []
         self._stamps: list[float] = []
-        self._last_sent: np.ndarray | None = None
         self._last_chunk: float | None = None
 
     @property
@@ -137,7 +135,7 @@ class ActionSchedule:
         self.stats.dropped += first
         if first == n:
             return ChunkStats(n, first, 0, 0, None)
-        kept = np.clip(arr[first:], self.workspace_min, self.workspace_max)
+        kept = self.limiter.clamp(arr[first:])
         clamped = int(np.count_nonzero((kept != arr[first:]).any(axis=1)))
         cut = bisect.bisect_left(self._due, float(due[first]) - _EPS)
         replaced = len(self._due) - cut
@@ -175,11 +173,6 @@ class ActionSchedule:
         return self._last_chunk is None or now - self._last_chunk > self.watchdog_s
 
     def _limit(self, action: np.ndarray) -> np.ndarray:
-        if self.max_step is not None and self._last_sent is not None:
-            step = action - self._last_sent
-            norm = float(np.linalg.norm(step))
-            if norm > self.max_step:
-                action = self._last_sent + step * (self.max_step / norm)
-                self.stats.limited += 1
-        self._last_sent = action.copy()
-        return action
+        out = self.limiter.apply(action)
+        self.stats.limited += out.step_limited
+        return out.command

@@ -29,10 +29,11 @@ class PushTCell:
     """One Push-T episode after another, in real time.
 
     Episode ``k`` starts from seed ``seed + k`` and ends on success (coverage above the
-    threshold) or after ``episode_s`` seconds (300 control steps at 10 Hz by default).
-    Until a target arrives, the agent holds its position. With ``start_on_command`` an episode's
-    clock starts at the first target set after its reset, so a policy that is slow to come up
-    (model loading on a busy machine) does not lose the first episode's time.
+    threshold) or after ``episode_s`` seconds (300 control steps at 10 Hz by default); with
+    ``auto_reset`` false (data collection) only :meth:`reset` ends it. Until a target arrives,
+    the agent holds its position. With ``start_on_command`` an episode's clock starts at the first
+    target set after its reset, so a policy that is slow to come up (model loading on a busy
+    machine) does not lose the first episode's time.
     """
 
     def __init__(
@@ -43,6 +44,7 @@ class PushTCell:
         on_episode_end: Callable[[CellEpisode], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         start_on_command: bool = False,
+        auto_reset: bool = True,
     ) -> None:
         self.env = PushTEnv(config)
         self.seed = seed
@@ -50,6 +52,7 @@ class PushTCell:
         self.on_episode_end = on_episode_end
         self.clock = clock
         self.start_on_command = start_on_command
+        self.auto_reset = auto_reset
         self.results: list[CellEpisode] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -94,13 +97,27 @@ class PushTCell:
                     return None
                 self._episode_start = now
             success = self._coverage > self.env.config.success_threshold
-            if not success and now - self._episode_start < self.episode_s:
+            if not self.auto_reset or (not success and now - self._episode_start < self.episode_s):
                 return None
-            done = CellEpisode(len(self.results), self._episode_seed, self._max_coverage, now - self._episode_start, success)
-            self.results.append(done)
-            self._start_episode(now)
+            done = self._end_episode(now)
         if self.on_episode_end:
             self.on_episode_end(done)
+        return done
+
+    def reset(self) -> CellEpisode:
+        """End the current episode now and start the next one (seed + 1)."""
+        with self._lock:
+            done = self._end_episode(self.clock())
+        if self.on_episode_end:
+            self.on_episode_end(done)
+        return done
+
+    def _end_episode(self, now: float) -> CellEpisode:
+        success = self._max_coverage > self.env.config.success_threshold
+        duration = 0.0 if self._episode_start is None else now - self._episode_start  # None: never commanded
+        done = CellEpisode(len(self.results), self._episode_seed, self._max_coverage, duration, success)
+        self.results.append(done)
+        self._start_episode(now)
         return done
 
     def score(self) -> float:

@@ -1,0 +1,120 @@
+"""Episode storage in zarr, without torch: the layout and its reader.
+
+Layout (the original Diffusion Policy's, read as is from zarr v2; written as zarr v3):
+``data/<key>`` arrays of shape ``(N, ...)`` with all episodes concatenated, and
+``meta/episode_ends`` with each episode's exclusive end index. Writers commit ``meta/episode_ends``
+last (:mod:`dp_core.recording.episode_writer`), so only its committed prefix counts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, malformed or lacks a key the config asks for."""
+
+
+def committed_episode_ends(raw: np.ndarray) -> np.ndarray:
+    """The committed prefix of a raw ``meta/episode_ends``: positive and strictly increasing.
+
+    A commit interrupted between growing the array and writing its value leaves a trailing fill value
+    (0); that entry and anything after a non-increasing one are not committed.
+    """
+    raw = np.asarray(raw, dtype=np.int64).reshape(-1)
+    bad = np.flatnonzero(np.diff(np.concatenate([[0], raw])) <= 0)
+    return raw[: bad[0]] if len(bad) else raw
+
+
+class EpisodeStore:
+    """Read and append episodes in a zarr group with ``data/*`` and ``meta/episode_ends``.
+
+    Appending writes the data arrays first and ``meta/episode_ends`` last, so a crash
+    mid-episode leaves at most unreferenced trailing rows, which readers ignore.
+    """
+
+    def __init__(self, group: zarr.Group, path: Path) -> None:
+        self.group = group
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> "EpisodeStore":
+        path = Path(path)
+        if mode == "r" and not path.exists():
+            raise DatasetError(f"dataset not found: {path}")
+        try:
+            group = zarr.open_group(str(path), mode=mode, zarr_format=None if path.exists() else 3)
+        except Exception as exc:  # zarr raises several types for unreadable stores
+            raise DatasetError(f"{path}: not a readable zarr group ({exc})") from exc
+        store = cls(group, path)
+        if mode == "r":
+            for name in ("data", "meta/episode_ends"):
+                if name not in group:
+                    raise DatasetError(f"{path}: missing '{name}' (expected data/<key> and meta/episode_ends)")
+        return store
+
+    @property
+    def episode_ends(self) -> np.ndarray:
+        if "meta/episode_ends" not in self.group:
+            return np.zeros(0, dtype=np.int64)
+        return committed_episode_ends(self.group["meta/episode_ends"][:])
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self.episode_ends)
+
+    @property
+    def n_steps(self) -> int:
+        ends = self.episode_ends
+        return int(ends[-1]) if len(ends) else 0
+
+    def keys(self) -> list[str]:
+        return sorted(self.group["data"].array_keys()) if "data" in self.group else []
+
+    def read(self, key: str, stop: int | None = None) -> np.ndarray:
+        """All committed rows of ``data/<key>`` (or the first ``stop`` rows)."""
+        if f"data/{key}" not in self.group:
+            raise DatasetError(f"{self.path}: no array 'data/{key}'; available: {self.keys()}")
+        arr = self.group[f"data/{key}"]
+        n = self.n_steps if stop is None else stop
+        if arr.shape[0] < n:
+            raise DatasetError(f"{self.path}: data/{key} has {arr.shape[0]} rows but episode_ends needs {n}")
+        return np.asarray(arr[:n])
+
+    def add_episode(self, episode: dict[str, np.ndarray], chunk_steps: int = 1000) -> None:
+        """Append one episode (same length for every key); commits ``episode_ends`` last."""
+        lengths = {k: len(v) for k, v in episode.items()}
+        if len(set(lengths.values())) != 1:
+            raise DatasetError(f"episode arrays differ in length: {lengths}")
+        length = next(iter(lengths.values()))
+        if length == 0:
+            raise DatasetError("cannot add an empty episode")
+        start = self.n_steps
+        data = self.group.require_group("data")
+        if start == 0 and self.keys():
+            existing = set(self.keys())
+            if existing != set(episode):
+                raise DatasetError(f"episode keys {sorted(episode)} differ from dataset keys {sorted(existing)}")
+        for key, value in episode.items():
+            value = np.asarray(value)
+            if key not in data:
+                data.create_array(key, shape=(0, *value.shape[1:]), dtype=value.dtype,
+                                  chunks=(chunk_steps, *value.shape[1:]))
+            arr = data[key]
+            if arr.shape[1:] != value.shape[1:]:
+                raise DatasetError(f"data/{key}: step shape {value.shape[1:]} != stored {arr.shape[1:]}")
+            arr.resize((start + length, *arr.shape[1:]))
+            arr[start : start + length] = value
+        missing = set(self.keys()) - set(episode)
+        if missing:
+            raise DatasetError(f"episode lacks keys {sorted(missing)} present in the dataset")
+        ends = np.append(self.episode_ends, start + length).astype(np.int64)
+        meta = self.group.require_group("meta")
+        if "episode_ends" in meta:
+            meta["episode_ends"].resize(ends.shape)
+            meta["episode_ends"][:] = ends
+        else:
+            meta.create_array("episode_ends", data=ends, chunks=(100_000,))

@@ -1,0 +1,260 @@
+"""Demonstration recording at the control rate: latest samples in, one dataset step per tick out.
+
+Callbacks hand the newest observation of each stream (:meth:`EpisodeRecorder.observe`) and the newest
+commanded target (:meth:`EpisodeRecorder.command`) to the recorder; a timer at the control rate calls
+:meth:`EpisodeRecorder.tick`. Each tick samples every stream (images resized as configured) into one
+step; the step's ``action`` is the commanded target as of the *next* tick, i.e. the target the robot
+was sent while that step played out — the same convention as the Push-T demonstrations and the
+executor (an action chunk's first action is due one ``dt`` after its observation). A step whose
+samples are older than ``max_age_s`` is dropped and counted, never filled with stale data.
+
+Keys written per step: each stream's key, ``action`` and ``timestamp`` (sample time, seconds).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from .episode_writer import EpisodeWriter
+
+log = logging.getLogger(__name__)
+RESERVED_KEYS = ("action", "timestamp")
+
+
+class RecorderError(RuntimeError):
+    """A recorder request that cannot be carried out now (the message says why)."""
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """One recorded observation stream: ``low_dim`` vectors of ``dim`` values or ``image`` frames.
+
+    ``image_size`` (height, width) resizes images before they are stored; None keeps the incoming size.
+    """
+
+    key: str
+    kind: Literal["low_dim", "image"]
+    dim: int = 0
+    image_size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.key or self.key in RESERVED_KEYS:
+            raise ValueError(f"stream key {self.key!r} is empty or reserved ({', '.join(RESERVED_KEYS)})")
+        if self.kind not in ("low_dim", "image"):
+            raise ValueError(f"stream {self.key}: kind must be 'low_dim' or 'image', got {self.kind!r}")
+        if self.kind == "low_dim" and self.dim < 1:
+            raise ValueError(f"stream {self.key}: low_dim needs dim >= 1, got {self.dim}")
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise ValueError(f"stream {self.key}: image_size must be (height, width) >= 1, got {self.image_size}")
+
+
+@dataclass
+class EpisodeSummary:
+    index: int
+    steps: int
+    duration_s: float
+    dropped_steps: int
+    stale: dict[str, int] = field(default_factory=dict)  # stream (or "action") -> ticks it was stale
+    videos: list[Path] = field(default_factory=list)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """``image`` (H x W x 3 uint8) resized to ``size`` = (height, width) by area averaging."""
+    if size is None or image.shape[:2] == tuple(size):
+        return image
+    return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+
+class EpisodeRecorder:
+    """Start, sample, stop or discard episodes into an :class:`EpisodeWriter`; see the module docstring.
+
+    With ``video_dir``, each image stream is also written as ``<video_dir>/episode_<index>/<key>.mp4``
+    (full-size frames at the control rate), kept only for committed episodes.
+    """
+
+    def __init__(
+        self,
+        writer: EpisodeWriter,
+        streams: Sequence[StreamSpec],
+        action_dim: int,
+        dt: float,
+        max_age_s: float = 0.25,
+        video_dir: str | Path | None = None,
+    ) -> None:
+        keys = [s.key for s in streams]
+        if not streams or len(set(keys)) != len(keys):
+            raise ValueError(f"need at least one stream and unique keys; got {keys}")
+        if action_dim < 1 or dt <= 0 or max_age_s <= 0:
+            raise ValueError(f"need action_dim >= 1, dt > 0, max_age_s > 0; got {action_dim}, {dt}, {max_age_s}")
+        expected = sorted([*keys, *RESERVED_KEYS])
+        if writer.keys and writer.keys != expected:
+            raise RecorderError(f"{writer.path} holds keys {writer.keys}; this recorder writes {expected}")
+        self.writer = writer
+        self.streams = {s.key: s for s in streams}
+        self.action_dim = action_dim
+        self.dt = dt
+        self.max_age_s = max_age_s
+        self.video_dir = None if video_dir is None else Path(video_dir)
+        self._latest: dict[str, tuple[np.ndarray, float]] = {}
+        self._action: tuple[np.ndarray, float] | None = None
+        self._pending: dict[str, np.ndarray] | None = None
+        self._start = 0.0
+        self._dropped = 0
+        self._stale: dict[str, int] = {}
+        self._videos: dict[str, object] = {}
+        if self.video_dir is not None:
+            for partial in self.video_dir.glob("*.partial"):  # videos of episodes never committed
+                shutil.rmtree(partial, ignore_errors=True)
+
+    @property
+    def recording(self) -> bool:
+        return self.writer.active
+
+    @property
+    def steps(self) -> int:
+        """Steps of the episode in progress."""
+        return self.writer.episode_steps
+
+    # -- inputs ------------------------------------------------------------------------------------
+    def observe(self, key: str, value: np.ndarray, stamp: float) -> None:
+        """The newest sample of stream ``key`` (taken at ``stamp``); raises ValueError on a bad value."""
+        spec = self.streams.get(key)
+        if spec is None:
+            raise ValueError(f"unknown stream {key!r}; configured: {sorted(self.streams)}")
+        value = np.asarray(value)
+        if spec.kind == "low_dim":
+            value = value.reshape(-1).astype(np.float32)
+            if value.shape != (spec.dim,) or not np.all(np.isfinite(value)):
+                raise ValueError(f"stream {key}: need {spec.dim} finite values, got {value.tolist()}")
+        elif value.ndim != 3 or value.shape[2] != 3 or value.dtype != np.uint8:
+            raise ValueError(f"stream {key}: need an H x W x 3 uint8 image, got {value.shape} {value.dtype}")
+        self._latest[key] = (value, float(stamp))
+
+    def command(self, action: np.ndarray, stamp: float) -> None:
+        """The newest commanded target (``action_dim`` values) sent at ``stamp``."""
+        action = np.asarray(action, dtype=np.float32).reshape(-1)
+        if action.shape != (self.action_dim,) or not np.all(np.isfinite(action)):
+            raise ValueError(f"action: need {self.action_dim} finite values, got {action.tolist()}")
+        self._action = (action, float(stamp))
+
+    def stale_inputs(self, now: float) -> list[str]:
+        """Streams (and ``action``) with no sample within ``max_age_s`` of ``now``."""
+        stale = [k for k in self.streams if k not in self._latest or now - self._latest[k][1] > self.max_age_s]
+        if self._action is None or now - self._action[1] > self.max_age_s:
+            stale.append("action")
+        return stale
+
+    # -- episode control -------------------------------------------------------------------------
+    def start(self, now: float) -> int:
+        """Begin an episode; returns its index. Refused while one runs or while an input is stale."""
+        if self.recording:
+            raise RecorderError(f"already recording episode {self.writer.n_episodes} ({self.steps} steps)")
+        stale = self.stale_inputs(now)
+        if stale:
+            raise RecorderError(f"not starting: no recent data (within {self.max_age_s} s) from {', '.join(stale)}")
+        self.writer.begin()
+        self._pending, self._start, self._dropped, self._stale = None, now, 0, {}
+        if self.video_dir is not None:
+            self._open_videos()
+        return self.writer.n_episodes
+
+    def tick(self, now: float) -> None:
+        """Sample one step (call at the control rate); does nothing when not recording."""
+        if not self.recording:
+            return
+        self._finish_pending(now)
+        stale = [k for k in self.stale_inputs(now) if k != "action"]
+        if stale:
+            self._drop(stale)
+            return
+        step = {}
+        for key, spec in self.streams.items():
+            value = self._latest[key][0]
+            if spec.kind == "image":
+                if key in self._videos:
+                    self._videos[key].append_data(value)
+                value = resize_image(value, spec.image_size)
+            step[key] = value
+        step["timestamp"] = np.float64(now)
+        self._pending = step
+
+    def stop(self, now: float) -> EpisodeSummary:
+        """Finish and commit the episode; an episode without a single complete step is discarded."""
+        if not self.recording:
+            raise RecorderError("not recording: nothing to stop")
+        self._finish_pending(now)
+        index = self.writer.n_episodes
+        if self.writer.episode_steps == 0:
+            self.discard()
+            raise RecorderError(f"episode {index} had no complete step (stale inputs: {self._stale}); discarded")
+        steps = self.writer.commit()
+        videos = self._close_videos(keep=index)
+        return EpisodeSummary(index, steps, now - self._start, self._dropped, dict(self._stale), videos)
+
+    def discard(self) -> int:
+        """Drop the episode in progress; returns how many steps it had."""
+        if not self.recording:
+            raise RecorderError("not recording: nothing to discard")
+        self._pending = None
+        self._close_videos(keep=None)
+        return self.writer.discard()
+
+    def close(self) -> None:
+        """Discard an unfinished episode and release the videos."""
+        if self.recording:
+            n = self.discard()
+            log.warning("discarded the unfinished episode (%d steps) on shutdown", n)
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _finish_pending(self, now: float) -> None:
+        """Give the pending step its action (the target commanded now) and write it."""
+        if self._pending is None:
+            return
+        step, self._pending = self._pending, None
+        if "action" in self.stale_inputs(now):
+            self._drop(["action"])
+            return
+        step["action"] = self._action[0]
+        self.writer.append(step)
+
+    def _drop(self, stale: list[str]) -> None:
+        self._dropped += 1
+        for key in stale:
+            self._stale[key] = self._stale.get(key, 0) + 1
+
+    def _episode_video_dir(self, index: int, partial: bool) -> Path:
+        return self.video_dir / f"episode_{index:06d}{'.partial' if partial else ''}"
+
+    def _open_videos(self) -> None:
+        import imageio.v2 as imageio
+
+        folder = self._episode_video_dir(self.writer.n_episodes, partial=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        for key, spec in self.streams.items():
+            if spec.kind == "image":
+                self._videos[key] = imageio.get_writer(folder / f"{key}.mp4", fps=1.0 / self.dt,
+                                                       macro_block_size=2, ffmpeg_log_level="error")
+
+    def _close_videos(self, keep: int | None) -> list[Path]:
+        if not self._videos:
+            return []
+        for video in self._videos.values():
+            video.close()
+        keys, self._videos = list(self._videos), {}
+        # The episode was committed (or discarded) before this: the partial folder goes either way.
+        partial = self._episode_video_dir(self.writer.n_episodes - (keep is not None), partial=True)
+        if keep is None:
+            shutil.rmtree(partial, ignore_errors=True)
+            return []
+        final = self._episode_video_dir(keep, partial=False)
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        return [final / f"{key}.mp4" for key in keys]

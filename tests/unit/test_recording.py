@@ -1,0 +1,272 @@
+"""Crash-safe episode writer (SIGKILL of a real writer process) and the control-rate recorder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from dp_core.episode_store import DatasetError, EpisodeStore, committed_episode_ends
+from dp_core.recording import EpisodeRecorder, EpisodeWriter, RecorderError, StreamSpec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def step(episode: int, i: int) -> dict[str, np.ndarray]:
+    """Deterministic content: every value tells which episode and step it belongs to."""
+    v = episode * 1000 + i
+    return {"obs": np.full(3, v, np.float32), "img": np.full((4, 4, 3), v % 251, np.uint8),
+            "action": np.array([v, -v], np.float32)}
+
+
+def check_episodes(path: Path, lengths: list[int]) -> None:
+    store = EpisodeStore.open(path)
+    assert store.episode_ends.tolist() == np.cumsum(lengths).tolist()
+    obs = store.read("obs")
+    start = 0
+    for ep, n in enumerate(lengths):
+        expected = np.stack([step(ep, i)["obs"] for i in range(n)])
+        np.testing.assert_array_equal(obs[start : start + n], expected)
+        start += n
+
+
+def test_writer_commits_discards_and_reopens(tmp_path: Path) -> None:
+    path = tmp_path / "demo.zarr"
+    w = EpisodeWriter(path, chunk_steps=8, flush_steps=3)
+    for ep, n in enumerate([5, 7]):
+        w.begin()
+        for i in range(n):
+            w.append(step(ep, i))
+        assert w.commit() == n
+    w.begin()
+    for i in range(10):
+        w.append(step(2, i))
+    assert w.discard() == 10
+    assert zarr.open_group(str(path), mode="r")["data/obs"].shape[0] == 12  # flushed rows cut off again
+    w.begin()
+    w.append(step(2, 0))
+    w.commit()
+    check_episodes(path, [5, 7, 1])
+    assert zarr.open_group(str(path), mode="r").metadata.zarr_format == 3
+    # A restart appends.
+    w2 = EpisodeWriter(path)
+    assert (w2.n_episodes, w2.n_steps, w2.repaired_rows) == (3, 13, 0)
+    w2.begin()
+    w2.append(step(3, 0))
+    w2.commit()
+    check_episodes(path, [5, 7, 1, 1])
+
+
+def test_writer_rejects_mismatched_steps(tmp_path: Path) -> None:
+    w = EpisodeWriter(tmp_path / "d.zarr")
+    w.begin()
+    w.append(step(0, 0))
+    with pytest.raises(DatasetError, match="step keys"):
+        w.append({"obs": np.zeros(3, np.float32)})
+    with pytest.raises(DatasetError, match="shape"):
+        w.append({**step(0, 1), "obs": np.zeros(4, np.float32)})
+    with pytest.raises(DatasetError, match="already in progress"):
+        w.begin()
+    w.discard()
+    with pytest.raises(DatasetError, match="no episode in progress"):
+        w.commit()
+
+
+def test_readers_ignore_an_interrupted_commit(tmp_path: Path) -> None:
+    assert committed_episode_ends(np.array([5, 9, 0])).tolist() == [5, 9]  # grown, value not yet written
+    assert committed_episode_ends(np.array([0])).tolist() == []
+    path = tmp_path / "d.zarr"
+    w = EpisodeWriter(path, flush_steps=1)
+    w.begin()
+    for i in range(4):
+        w.append(step(0, i))
+    w.commit()
+    w.begin()
+    for i in range(3):
+        w.append(step(1, i))
+    w.flush()
+    zarr.open_group(str(path), mode="a")["meta/episode_ends"].resize((2,))  # crash inside commit
+    check_episodes(path, [4])
+    w2 = EpisodeWriter(path)
+    assert w2.episode_ends.tolist() == [4] and w2.repaired_rows == 3
+    assert zarr.open_group(str(path), mode="r")["meta/episode_ends"].shape == (1,)
+
+
+def test_writer_refuses_a_damaged_dataset(tmp_path: Path) -> None:
+    path = tmp_path / "d.zarr"
+    w = EpisodeWriter(path)
+    w.begin()
+    w.append(step(0, 0))
+    w.append(step(0, 1))
+    w.commit()
+    zarr.open_group(str(path), mode="a")["data/obs"].resize((1, 3))
+    with pytest.raises(DatasetError, match="data/obs has 1 rows but meta/episode_ends commits 2"):
+        EpisodeWriter(path)
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {src!r}); sys.path.insert(0, {tests!r})
+    from test_recording import step
+    from dp_core.recording import EpisodeWriter
+    w = EpisodeWriter({path!r}, chunk_steps=16, flush_steps=4)
+    ep = w.n_episodes
+    print("START", ep, flush=True)
+    while True:  # episodes of 5..25 steps, one after another, as fast as possible
+        w.begin()
+        for i in range(5 + (ep * 7) % 21):
+            w.append(step(ep, i))
+        w.commit()
+        print("COMMITTED", ep, flush=True)
+        ep += 1
+        if {slow}:
+            w.begin()
+            for i in range(30):
+                w.append(step(ep, i))
+            print("MIDEPISODE", flush=True)
+            time.sleep(60)
+""")
+
+
+def run_child(path: Path, slow: bool) -> subprocess.Popen:
+    code = CHILD.format(src=str(REPO / "src"), tests=str(REPO / "tests" / "unit"), path=str(path), slow=slow)
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def lengths_up_to(n: int) -> list[int]:
+    return [5 + (ep * 7) % 21 for ep in range(n)]
+
+
+def test_sigkill_mid_episode_keeps_finished_episodes(tmp_path: Path) -> None:
+    path = tmp_path / "demo.zarr"
+    proc = run_child(path, slow=True)
+    assert proc.stdout.readline().split() == ["START", "0"]
+    assert proc.stdout.readline().split() == ["COMMITTED", "0"]
+    assert proc.stdout.readline().strip() == "MIDEPISODE"  # 30 steps of episode 1 flushed, not committed
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert zarr.open_group(str(path), mode="r")["data/obs"].shape[0] > lengths_up_to(1)[0]
+    check_episodes(path, lengths_up_to(1))  # readable as it is
+    w = EpisodeWriter(path)  # a restart repairs and appends
+    assert w.repaired_rows >= 28
+    w.begin()
+    for i in range(lengths_up_to(2)[1]):
+        w.append(step(1, i))
+    w.commit()
+    check_episodes(path, lengths_up_to(2))
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_never_damages_committed_episodes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "demo.zarr"
+    committed = 0
+    for _ in range(6):
+        proc = run_child(path, slow=False)
+        assert proc.stdout.readline().split() == ["START", str(committed)]
+        time.sleep(rng.uniform(0.2, 1.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        store = EpisodeStore.open(path)
+        # Everything reported committed is there (one more may have committed after the last report).
+        assert store.n_episodes >= committed
+        committed = store.n_episodes
+        check_episodes(path, lengths_up_to(committed))
+    assert committed >= 6
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+
+def make_recorder(path: Path, video_dir: Path | None = None) -> EpisodeRecorder:
+    streams = [StreamSpec("keypoint", "low_dim", dim=4), StreamSpec("img", "image", image_size=(8, 6))]
+    return EpisodeRecorder(EpisodeWriter(path), streams, action_dim=2, dt=0.1, max_age_s=0.25, video_dir=video_dir)
+
+
+def feed(rec: EpisodeRecorder, t: float, k: float) -> None:
+    rec.observe("keypoint", np.full(4, k), t)
+    rec.observe("img", np.full((16, 12, 3), int(k) % 256, np.uint8), t)
+    rec.command(np.array([k, k + 0.5]), t)
+
+
+def test_recorder_samples_steps_with_the_next_commanded_target(tmp_path: Path) -> None:
+    rec = make_recorder(tmp_path / "r.zarr")
+    with pytest.raises(RecorderError, match="keypoint, img, action"):
+        rec.start(0.0)
+    feed(rec, 0.0, 0)
+    assert rec.start(0.0) == 0
+    for k in range(1, 6):  # ticks at k * 0.1 s sample the inputs fed just before
+        rec.tick(k * 0.1)
+        feed(rec, k * 0.1 + 0.01, k)
+    summary = rec.stop(0.6)
+    assert (summary.index, summary.steps, summary.dropped_steps) == (0, 5, 0)
+    store = EpisodeStore.open(tmp_path / "r.zarr")
+    assert store.keys() == ["action", "img", "keypoint", "timestamp"]
+    np.testing.assert_array_equal(store.read("keypoint")[:, 0], [0, 1, 2, 3, 4])
+    np.testing.assert_array_equal(store.read("action")[:, 0], [1, 2, 3, 4, 5])  # commanded during the step
+    assert store.read("img").shape == (5, 8, 6, 3)
+    np.testing.assert_allclose(store.read("timestamp"), [0.1, 0.2, 0.3, 0.4, 0.5])
+
+
+def test_recorder_drops_stale_steps_and_discards(tmp_path: Path) -> None:
+    rec = make_recorder(tmp_path / "r.zarr")
+    feed(rec, 0.0, 0)
+    rec.start(0.0)
+    rec.tick(0.1)
+    rec.observe("keypoint", np.full(4, 1.0), 0.15)
+    rec.command(np.array([1.0, 1.0]), 0.15)
+    rec.tick(0.3)  # image last seen at 0.0: stale, step dropped; the 0.1 step gets its action
+    feed(rec, 0.35, 2)
+    rec.tick(0.4)
+    summary = rec.stop(0.45)
+    assert summary.steps == 2 and summary.dropped_steps == 1 and summary.stale == {"img": 1}
+    with pytest.raises(RecorderError, match="nothing to stop"):
+        rec.stop(0.5)
+    feed(rec, 0.5, 3)
+    rec.start(0.5)
+    with pytest.raises(RecorderError, match="already recording"):
+        rec.start(0.5)
+    rec.tick(0.6)
+    rec.tick(0.65)
+    assert rec.discard() == 1
+    assert EpisodeStore.open(tmp_path / "r.zarr").episode_ends.tolist() == [2]
+    with pytest.raises(ValueError, match="4 finite"):
+        rec.observe("keypoint", np.zeros(3), 1.0)
+
+
+def test_recorder_keeps_videos_of_committed_episodes_only(tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    rec = make_recorder(tmp_path / "r.zarr", video_dir=videos)
+    for attempt in range(2):
+        feed(rec, 0.0, 0)
+        rec.start(0.0)
+        for k in range(1, 4):
+            rec.tick(k * 0.1)
+            feed(rec, k * 0.1, k)
+        if attempt == 0:
+            rec.discard()
+        else:
+            summary = rec.stop(0.4)
+    assert summary.videos == [videos / "episode_000000" / "img.mp4"]
+    assert summary.videos[0].stat().st_size > 0
+    assert sorted(p.name for p in videos.iterdir()) == ["episode_000000"]
+
+
+def test_recorder_refuses_a_dataset_with_other_keys(tmp_path: Path) -> None:
+    w = EpisodeWriter(tmp_path / "r.zarr")
+    w.begin()
+    w.append({"other": np.zeros(2, np.float32)})
+    w.commit()
+    with pytest.raises(RecorderError, match="holds keys"):
+        make_recorder(tmp_path / "r.zarr")

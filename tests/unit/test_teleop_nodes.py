@@ -1,0 +1,172 @@
+"""The teleop and recorder nodes in one process (isolated ROS context): command path, limits, services."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.ros
+
+
+def pose(node, x: float, y: float):
+    from dp_bringup.ros_conversions import pose_stamped
+
+    return pose_stamped(node.get_clock().now().nanoseconds * 1e-9, "world", [x, y, 0.0], [0.0, 0.0, 0.0, 1.0])
+
+
+def call(ros, client, timeout: float = 5.0):
+    from std_srvs.srv import Trigger
+
+    assert client.wait_for_service(timeout_sec=timeout), client.srv_name
+    future = client.call_async(Trigger.Request())
+    ros.spin_until(future.done, timeout)
+    assert future.done(), f"{client.srv_name} did not answer"
+    return future.result()
+
+
+def test_teleop_follows_targets_within_the_executor_limits(ros) -> None:
+    from geometry_msgs.msg import PoseStamped
+    from rclpy.parameter import Parameter
+    from rclpy.qos import qos_profile_sensor_data
+    from std_srvs.srv import Trigger
+
+    from dp_bringup.nodes.teleop_node import TeleopNode
+
+    node = ros.add(TeleopNode(
+        context=ros.context,
+        cli_args=["--ros-args", "--params-file", str(REPO / "config" / "teleop.yaml")],
+        parameter_overrides=[Parameter("input", value="topic")],
+    ))
+    assert node.get_parameter("max_speed").value == 1500.0
+    probe = ros.probe("teleop_probe")
+    commands: list[np.ndarray] = []
+    probe.create_subscription(PoseStamped, "/robot/servo_target",
+                              lambda m: commands.append(np.array([m.pose.position.x, m.pose.position.y])), 10)
+    state = probe.create_publisher(PoseStamped, "/robot/tcp_pose", qos_profile_sensor_data)
+    target = probe.create_publisher(PoseStamped, "/teleop/target", 10)
+
+    ros.spin_until(lambda: False, 0.3)
+    assert commands == []  # nothing before the measured pose
+    measured = [480.0, 100.0]
+    probe.create_timer(0.01, lambda: state.publish(pose(probe, *measured)))
+    ros.spin_until(lambda: len(commands) >= 3, 5.0)
+    np.testing.assert_allclose(commands[0], [480.0, 100.0])
+    timer = probe.create_timer(0.02, lambda: target.publish(pose(probe, 700.0, 100.0)))  # beyond the workspace
+    ros.spin_until(lambda: commands[-1][0] >= 512.0, 5.0)
+    steps = np.linalg.norm(np.diff(np.array(commands), axis=0), axis=1)
+    assert steps.max() <= 15.0 + 1e-9  # max_speed / rate_hz
+    assert max(c[0] for c in commands) == 512.0  # clamped to workspace_max
+    probe.destroy_timer(timer)
+
+    measured = [50.0, 60.0]  # e.g. the cell was reset
+    assert call(ros, probe.create_client(Trigger, "/teleop/resync")).success
+    n = len(commands)
+    ros.spin_until(lambda: len(commands) > n + 3, 5.0)
+    np.testing.assert_allclose(commands[-1], [50.0, 60.0])  # restarted there, not walking back from 512
+
+
+def test_recorder_node_records_through_services_and_buttons(ros, tmp_path: Path) -> None:
+    from geometry_msgs.msg import Pose, PoseArray, PoseStamped
+    from rclpy.parameter import Parameter
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image, Joy
+    from std_srvs.srv import Trigger
+
+    from dp_bringup.nodes.demo_recorder_node import DemoRecorderNode
+    from dp_bringup.ros_image import numpy_to_image
+    from dp_core.episode_store import EpisodeStore
+
+    dataset = tmp_path / "demos.zarr"
+    node = ros.add(DemoRecorderNode(
+        context=ros.context,
+        cli_args=["--ros-args", "--params-file", str(REPO / "config" / "recorder.yaml")],
+        parameter_overrides=[Parameter("dataset", value=str(dataset)),
+                             Parameter("after_episode_services", value=["/fake/reset", "/fake/resync"])],
+    ), cleanup=lambda: node.close())
+    probe = ros.probe("recorder_probe")
+    after: list[str] = []
+
+    def service(name: str):
+        def handle(_request, response):
+            after.append(name)
+            response.success = True
+            return response
+
+        return probe.create_service(Trigger, f"/fake/{name}", handle)
+
+    service("reset"), service("resync")
+    image = probe.create_publisher(Image, "/camera_0/color/image_raw", qos_profile_sensor_data)
+    keypoints = probe.create_publisher(PoseArray, "/pusht/keypoints", qos_profile_sensor_data)
+    tcp = probe.create_publisher(PoseStamped, "/robot/tcp_pose", qos_profile_sensor_data)
+    command = probe.create_publisher(PoseStamped, "/robot/servo_target", 10)
+    buttons = probe.create_publisher(Joy, "/spacemouse/buttons", 10)
+    start, stop = (probe.create_client(Trigger, f"/demo_recorder/{n}") for n in ("start", "stop"))
+
+    assert not call(ros, start).success  # nothing received yet: refused with the stale streams named
+    frame = np.zeros((120, 160, 3), np.uint8)
+    frame[:, :80] = 200
+    t = [0]
+
+    def publish() -> None:
+        t[0] += 1
+        stamp = probe.get_clock().now().to_msg()
+        image.publish(numpy_to_image(frame, "rgb8", stamp))
+        kp = PoseArray()
+        kp.header.stamp = stamp
+        kp.poses = [Pose() for _ in range(9)]
+        for i, p in enumerate(kp.poses):
+            p.position.x, p.position.y = float(i), float(t[0])
+        keypoints.publish(kp)
+        tcp.publish(pose(probe, 10.0, float(t[0])))
+        command.publish(pose(probe, 11.0, float(t[0])))
+
+    probe.create_timer(0.02, publish)
+    ros.spin_until(lambda: False, 0.5)
+    result = call(ros, start)
+    assert result.success and result.message == "recording episode 0"
+    ros.spin_until(lambda: False, 1.0)
+    result = call(ros, stop)
+    assert result.success and "saved episode 0" in result.message, result.message
+    ros.spin_until(lambda: len(after) == 2, 5.0)
+    assert after == ["reset", "resync"]  # after each episode, in order
+    store = EpisodeStore.open(dataset)
+    n = store.n_steps
+    assert 3 <= n <= 14 and store.n_episodes == 1  # ~1 s at 10 Hz
+    assert store.read("img").shape == (n, 96, 96, 3)
+    assert store.read("keypoint").shape == (n, 18) and store.read("agent_pos").shape == (n, 2)
+    action, agent = store.read("action"), store.read("agent_pos")
+    assert np.all(action[:, 0] == 11.0) and np.all(agent[:, 0] == 10.0)
+    assert np.all(action[:, 1] >= agent[:, 1])  # the command of the step, not an older one
+    dts = np.diff(store.read("timestamp"))
+    assert np.all(dts > 0) and np.median(dts) == pytest.approx(0.1, abs=0.03)  # the 10 Hz timer (jitters under load)
+
+    def press(button: int) -> None:
+        for state in ([0, 0], [1 if button == 0 else 0, 1 if button == 1 else 0], [0, 0]):
+            buttons.publish(Joy(buttons=state))
+            ros.spin_until(lambda: False, 0.1)
+
+    press(0)  # start
+    assert node.recorder.recording
+    ros.spin_until(lambda: False, 0.5)
+    press(1)  # discard
+    assert not node.recorder.recording
+    press(0)
+    ros.spin_until(lambda: False, 0.5)
+    press(0)  # stop: saved
+    assert EpisodeStore.open(dataset).n_episodes == 2
+
+
+def test_spacemouse_node_without_a_device_exits_with_a_clear_message(monkeypatch, capsys) -> None:
+    import pyspacemouse
+
+    from dp_bringup.nodes import spacemouse_node
+
+    monkeypatch.setattr(pyspacemouse, "get_connected_devices", lambda: [])
+    with pytest.raises(SystemExit) as exc:
+        spacemouse_node.main([])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "no SpaceMouse found" in err and "Traceback" not in err
