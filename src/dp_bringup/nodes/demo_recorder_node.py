@@ -25,8 +25,8 @@ from sensor_msgs.msg import Image, JointState, Joy
 from std_srvs.srv import Trigger
 
 from dp_bringup.node_runner import diagnostic_status, publish_diagnostics, run_node
-from dp_bringup.ros_conversions import POSITION_AXES, low_dim_from_msg, stamp_to_seconds
-from dp_bringup.ros_image import image_to_numpy
+from dp_bringup.ros_conversions import POSITION_AXES, stamp_to_seconds
+from dp_core.msg_fields import image_to_numpy, low_dim_from_msg
 from dp_core.recording import EpisodeRecorder, EpisodeWriter, RecorderError, StreamSpec
 from dp_core.teleop import ButtonEdges
 
@@ -112,7 +112,7 @@ class DemoRecorderNode(Node):
 
     def _on_obs(self, key: str, spec: StreamSpec, msg) -> None:
         try:
-            value = image_to_numpy(msg, "rgb8") if spec.kind == "image" else low_dim_from_msg(msg, spec.dim)
+            value = image_to_numpy(msg, "rgb8") if spec.kind == "image" else low_dim_from_msg(msg, type(msg).__name__, spec.dim)
             self.recorder.observe(key, value, stamp_to_seconds(msg.header.stamp))
         except (ValueError, TypeError) as exc:
             self._bad_messages += 1
