@@ -40,6 +40,7 @@ setup(
             "action_executor = dp_bringup.nodes.executor_node:main",
             "ur_driver = dp_bringup.nodes.ur_driver_node:main",
             "cameras = dp_bringup.nodes.camera_node:main",
+            "dp-healthcheck = dp_bringup.healthcheck:main",
         ],
     },
 )
