@@ -5,8 +5,8 @@
 #       default base: the official ros:kilted-ros-base; --debian-base: a local Debian bookworm image
 #       (ROS 2 from the PyPI wheels), made first when missing. Prints build time and image size.
 #   scripts/docker.sh base      make the local Debian bookworm base (debootstrap + docker import)
-#   scripts/docker.sh ensure    make sure Docker runs: installs docker.io with apt and starts dockerd
-#                               when missing and run as root
+#   scripts/docker.sh ensure    make sure Docker runs: installs docker.io and docker-compose with apt
+#                               and starts dockerd when missing and run as root
 #   scripts/docker.sh lint      hadolint docker/Dockerfile and docker-compose config of docker/compose.yaml
 #
 # Exit status 77: Docker (or a tool it needs) cannot run on this machine; the message says why.
@@ -43,6 +43,8 @@ ensure() {
     DOCKER=/usr/bin/docker
   fi
   export DOCKER
+  command -v docker-compose >/dev/null || apt_install docker-compose \
+    || log "warning: no docker-compose (the compose services and their test need it)"
   "$DOCKER" info >/dev/null 2>&1 && return 0
   [ "$(id -u)" = 0 ] || cannot "no access to a Docker daemon ($("$DOCKER" info 2>&1 | tail -n 1)); start it or join the docker group"
   command -v dockerd >/dev/null || apt_install docker.io || cannot "no dockerd and apt cannot install docker.io"
