@@ -109,22 +109,29 @@ def test_sim_stack_in_container_pushes_block_to_goal(image: str) -> None:
 def test_record_service_writes_dataset(image: str, tmp_path: Path) -> None:
     """The compose `record` service (simulated cell, scripted input) writes a dataset into the volume.
 
-    Runs docker/compose.yaml's service as it is (host network: loopback discovery, own domain id),
-    for 45 s or until it ends by itself, then stops it as `docker compose stop` does (SIGINT).
+    Runs docker/compose.yaml's service as it is (host network: loopback discovery, own domain id):
+    the scripted input re-enacts one Push-T demonstration, then the launch ends; stopped with SIGINT
+    (as `docker compose stop` does) if it runs longer than 180 s.
     """
+    from conftest import PUSHT_ZARR
     from dp_core.dataset import EpisodeStore
+
+    if not PUSHT_ZARR.exists():
+        pytest.skip(f"Push-T demonstrations not found: {PUSHT_ZARR}")
 
     if shutil.which("docker-compose") is None:
         pytest.fail("docker-compose missing: scripts/docker.sh lint installs it (test_lint_dockerfile_and_compose)")
     data = tmp_path / "datasets"
     data.mkdir()
     data.chmod(0o777)  # the container's user (uid 1000) writes here
+    shutil.copytree(PUSHT_ZARR, data / "pusht.zarr")  # the demonstrations the script re-enacts (32 MB)
     for folder in ("usb", "udev"):  # no host devices needed: keep the binds off the host's /dev and /run
         (tmp_path / folder).mkdir()
     compose = ["docker-compose", "-f", str(COMPOSE), "-p", f"dptest{os.getpid()}", "--profile", "record"]
     env = {**os.environ, "DP_IMAGE": image, "DP_DATA_DIR": str(data), "DP_CKPT_DIR": str(tmp_path / "checkpoints"),
            "DP_USB_DIR": str(tmp_path / "usb"), "DP_UDEV_DIR": str(tmp_path / "udev"), "DP_DATASET": "demos.zarr",
            "DP_RECORD_SIM": "true", "DP_RECORD_INPUT": "scripted",
+           "DP_DEMO_DATASET": "/datasets/pusht.zarr", "DP_NUM_DEMOS": "1",
            "ROS_DOMAIN_ID": domain_id(), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
 
     def compose_run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -134,7 +141,7 @@ def test_record_service_writes_dataset(image: str, tmp_path: Path) -> None:
     assert up.returncode == 0, up.stdout + up.stderr
     try:
         container = compose_run("ps", "-q", "record").stdout.strip()
-        deadline = time.monotonic() + 45  # a few scripted demonstrations
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline and json.loads(docker("inspect", "--format", "{{json .State.Running}}", container)):
             time.sleep(2)
         compose_run("stop", "record")
@@ -145,6 +152,6 @@ def test_record_service_writes_dataset(image: str, tmp_path: Path) -> None:
         store = EpisodeStore.open(store_path)
         assert store.n_episodes >= 1, f"dataset without episodes; log:\n{text[-4000:]}"
         assert "Traceback" not in text, text[-4000:]
-        print(f"{store.n_episodes} episodes, {store.n_steps} steps, keys {store.keys()}")
+        print(f"{store.n_episodes} episode(s), {store.n_steps} steps, keys {store.keys()}")
     finally:
         compose_run("down", "--remove-orphans")
