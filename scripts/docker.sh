@@ -115,5 +115,5 @@ case "${1:-}" in
   base) base ;;
   ensure) ensure; log "Docker runs: $("$DOCKER" version -f 'client {{.Client.Version}}, server {{.Server.Version}}')" ;;
   lint) lint ;;
-  *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,15p' "$0" >&2; exit 2 ;;
 esac
