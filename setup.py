@@ -49,6 +49,7 @@ setup(
             "teleop = dp_bringup.nodes.teleop_node:main",
             "demo_recorder = dp_bringup.nodes.demo_recorder_node:main",
             "scripted_teleop = dp_bringup.nodes.scripted_teleop_node:main",
+            "dp-healthcheck = dp_bringup.healthcheck:main",
         ],
     },
 )

@@ -7,8 +7,16 @@
 #   stack from the wheelhouse in ../shared/wheels (or $DP_WHEELS).
 # Idempotent: a second run with unchanged requirements only rebuilds with colcon (seconds).
 #
+# --deps-only: stop after the dependencies (no package install, no colcon build); the Docker image
+# uses it to cache them in a layer that does not depend on the source code.
 # Environment: DP_VENV (default .venv), DP_WHEELS (default ../shared/wheels), PYTHON (python3.11).
 set -euo pipefail
+DEPS_ONLY=0
+case "${1:-}" in
+  "") ;;
+  --deps-only) DEPS_ONLY=1 ;;
+  *) echo "usage: $0 [--deps-only]" >&2; exit 2 ;;
+esac
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${DP_VENV:-$REPO/.venv}
@@ -60,20 +68,26 @@ source "$VENV/bin/activate"
 
 stamp="$VENV/.dp-setup-stamp"
 want=$(cat "$REPO"/requirements/*.txt "$REPO/scripts/setup.sh" | sha256sum | cut -d' ' -f1)-$MODE
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  log "installing Python dependencies (first run: a few minutes, torch is large)"
-  python -m pip install -q --upgrade pip
-  reqs=(-r "$REPO/requirements/core.txt" -r "$REPO/requirements/hw.txt" -r "$REPO/requirements/dev.txt")
-  if [ "$MODE" = pypi ]; then
-    python -m pip install -q --find-links "$WHEELS" "${reqs[@]}" -r "$REPO/requirements/ros.txt"
-  else
-    python -m pip install -q "${reqs[@]}"
+have=$(cat "$stamp" 2>/dev/null || true)
+if [ "$have" != "$want" ]; then
+  if [ "$have" != "$want-deps" ]; then  # "-deps": requirements installed, the package not yet
+    log "installing Python dependencies (first run: a few minutes, torch is large)"
+    python -m pip install -q --upgrade pip
+    reqs=(-r "$REPO/requirements/core.txt" -r "$REPO/requirements/hw.txt" -r "$REPO/requirements/dev.txt")
+    if [ "$MODE" = pypi ]; then
+      python -m pip install -q --find-links "$WHEELS" "${reqs[@]}" -r "$REPO/requirements/ros.txt"
+    else
+      python -m pip install -q "${reqs[@]}"
+    fi
+    echo "$want-deps" > "$stamp"
   fi
+  if [ "$DEPS_ONLY" = 1 ]; then log "dependencies installed (--deps-only: no package install, no build)"; exit 0; fi
   python -m pip install -q --no-deps --no-build-isolation -e "$REPO"
   echo "$want" > "$stamp"
 else
   log "dependencies up to date"
 fi
+[ "$DEPS_ONLY" = 1 ] && { log "done (--deps-only)"; exit 0; }
 
 # --- build the ROS 2 package ------------------------------------------------------------------
 [ "$MODE" = pypi ] && export AMENT_PREFIX_PATH="$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
