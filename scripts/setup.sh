@@ -67,6 +67,7 @@ fi
 source "$VENV/bin/activate"
 
 stamp="$VENV/.dp-setup-stamp"
+pkg_stamp="$VENV/.dp-package-stamp"
 want=$(cat "$REPO"/requirements/*.txt "$REPO/scripts/setup.sh" | sha256sum | cut -d' ' -f1)-$MODE
 have=$(cat "$stamp" 2>/dev/null || true)
 if [ "$have" != "$want" ]; then
@@ -82,12 +83,19 @@ if [ "$have" != "$want" ]; then
     echo "$want-deps" > "$stamp"
   fi
   if [ "$DEPS_ONLY" = 1 ]; then log "dependencies installed (--deps-only: no package install, no build)"; exit 0; fi
-  python -m pip install -q --no-deps --no-build-isolation -e "$REPO"
+  rm -f "$pkg_stamp"
   echo "$want" > "$stamp"
 else
   log "dependencies up to date"
 fi
 [ "$DEPS_ONLY" = 1 ] && { log "done (--deps-only)"; exit 0; }
+# The editable install's console scripts come from setup.py: reinstall when it changes (seconds).
+pkg_want=$(sha256sum "$REPO/setup.py" | cut -d' ' -f1)
+if [ "$(cat "$pkg_stamp" 2>/dev/null || true)" != "$pkg_want" ]; then
+  log "installing the dp_bringup package (editable: dp-train, dp-eval, dp-replay, ...)"
+  python -m pip install -q --no-deps --no-build-isolation -e "$REPO"
+  echo "$pkg_want" > "$pkg_stamp"
+fi
 
 # --- build the ROS 2 package ------------------------------------------------------------------
 [ "$MODE" = pypi ] && export AMENT_PREFIX_PATH="$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
