@@ -24,11 +24,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import yaml
 from tqdm import tqdm
 
 from .bag_io import BagError, BagReader, short_type
-from .config import ConfigError, apply_overrides, from_dict
+from .config import ConfigError, apply_overrides, from_dict, read_yaml
 from .dataset import DatasetError, EpisodeStore
 from .msg_fields import LOW_DIM_TYPES, image_to_numpy, low_dim_from_msg, position_from_msg, stamp_seconds
 
@@ -79,12 +78,7 @@ class BagConversionConfig:
 
 def load_conversion_config(path: str | Path, overrides: list[str] | None = None) -> BagConversionConfig:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    data = read_yaml(path)
     try:
         return from_dict(BagConversionConfig, apply_overrides(data, overrides or []))
     except ConfigError as exc:

@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
-from ..config import ConfigError, ShapeMeta, from_dict
+from ..config import ConfigError, ShapeMeta, from_dict, read_yaml
 from ..fast_inference import InferenceOptions
 from ..msg_fields import OBS_TYPES
 
@@ -55,12 +54,7 @@ class PolicyNodeParams:
 def load_node_params(path: str | Path, node: str = "policy") -> PolicyNodeParams:
     """``PolicyNodeParams`` from the ``<node>: ros__parameters:`` section of a parameter file."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"parameter file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    data = read_yaml(path, "parameter file")
     section = data.get(node, {}) if isinstance(data, dict) else None
     if not isinstance(section, dict) or "ros__parameters" not in section:
         raise ConfigError(f"{path}: no '{node}: ros__parameters:' section")
