@@ -1,0 +1,85 @@
+"""Timing of a recorded closed-loop run, from its bag: executor send times and camera frame gaps, as JSON.
+
+    ros2 launch dp_bringup pusht_eval.launch.py num_episodes:=3 bag:=bags/timing
+    python benchmarks/bench_bag_timing.py bags/timing --lead 0.1 --camera-rate 30
+
+The bag's receive time of each message is when the recorder got it. The executor sends each
+waypoint ``lead`` seconds before its stamp (its due time: when the robot must be there) or, for the first
+actions of a newly arrived chunk, as soon as the chunk arrives; so ``stamp - receive`` is the slack the
+driver gets (ideally ``lead`` minus the executor tick and DDS delivery), and a waypoint received after
+its stamp arrived too late to be reached on time. For each camera topic, stamp intervals longer than
+1.5 frame periods count as dropped frames (one per missing period), and the receive minus the stamp is
+the delivery latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from dp_core.bag_io import BagError, BagReader
+from dp_core.msg_fields import stamp_seconds
+
+
+def percentiles(values_ms: np.ndarray) -> dict[str, float]:
+    return {"p50": float(np.percentile(values_ms, 50)), "p99": float(np.percentile(values_ms, 99)),
+            "max": float(values_ms.max()), "n": int(values_ms.size)}
+
+
+def command_timing(bag: BagReader, topic: str, lead: float) -> dict:
+    stamps, received = [], []
+    for m in bag.messages([topic]):
+        stamps.append(stamp_seconds(m.msg.header.stamp))
+        received.append(m.log_time_ns * 1e-9)
+    slack_ms = (np.asarray(stamps) - np.asarray(received)) * 1e3
+    return {"topic": topic, "lead_s": lead, "waypoints": int(slack_ms.size),
+            "slack_before_due_ms": {"p50": float(np.percentile(slack_ms, 50)),
+                                    "p1": float(np.percentile(slack_ms, 1)), "min": float(slack_ms.min())},
+            "received_after_due": int(np.count_nonzero(slack_ms < 0)),
+            "received_within_10ms_of_lead": float(np.mean(slack_ms >= lead * 1e3 - 10.0))}
+
+
+def camera_timing(bag: BagReader, topic: str, rate: float) -> dict:
+    stamps, received = [], []
+    for m in bag.messages([topic]):
+        stamps.append(stamp_seconds(m.msg.header.stamp))
+        received.append(m.log_time_ns * 1e-9)
+    s = np.asarray(stamps)
+    gaps = np.diff(s) * rate  # in frame periods
+    dropped = int(np.sum(np.round(gaps[gaps > 1.5]) - 1))
+    return {"topic": topic, "frames": int(s.size), "rate_hz": rate,
+            "measured_rate_hz": float((s.size - 1) / (s[-1] - s[0])) if s.size > 1 else 0.0,
+            "dropped_frames": dropped, "dropped_fraction": dropped / max(dropped + s.size, 1),
+            "delivery_latency_ms": percentiles((np.asarray(received) - s) * 1e3)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bag", help="rosbag2 directory of a closed-loop run")
+    parser.add_argument("--command-topic", default="/robot/servo_target")
+    parser.add_argument("--lead", type=float, default=0.1, help="the executor's lead_time_s")
+    parser.add_argument("--camera-topics", nargs="*", default=None,
+                        help="image topics (default: every sensor_msgs/Image topic in the bag)")
+    parser.add_argument("--camera-rate", type=float, default=30.0, help="nominal frame rate (Hz)")
+    args = parser.parse_args()
+    try:
+        with BagReader(args.bag) as bag:
+            cams = args.camera_topics
+            if cams is None:
+                cams = sorted(t for t, info in bag.topics.items() if info.msgtype == "sensor_msgs/msg/Image")
+            report = {"bag": args.bag, "loadavg": os.getloadavg(),
+                      "executor": command_timing(bag, args.command_topic, args.lead),
+                      "cameras": [camera_timing(bag, t, args.camera_rate) for t in cams]}
+    except BagError as exc:
+        print(f"bench_bag_timing: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
