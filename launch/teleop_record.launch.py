@@ -21,23 +21,16 @@ from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-PKG = "dp_bringup"
+from dp_bringup.launch_helpers import PKG, real_cell_nodes, truthy
+
 ARGS = ("sim", "dataset", "robot_ip", "camera_serials", "input", "video", "teleop_config", "recorder_config",
         "demo_dataset", "first_demo", "num_demos", "log_level")
-
-
-def _truthy(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes", "on")
-
-
-def _serials(text: str) -> list[str]:
-    return [s.strip().strip("'\"") for s in text.strip("[]").split(",") if s.strip()]
 
 
 def launch_setup(context, *_, **__):
     share = get_package_share_directory(PKG)
     arg = {name: LaunchConfiguration(name).perform(context) for name in ARGS}
-    sim, mode = _truthy(arg["sim"]), arg["input"]
+    sim, mode = truthy(arg["sim"]), arg["input"]
     if not arg["dataset"]:
         raise RuntimeError("dataset:=<path/to/demos.zarr> is required (created if missing, appended to if present)")
     if mode == "scripted" and not sim:
@@ -45,7 +38,7 @@ def launch_setup(context, *_, **__):
     teleop_cfg = arg["teleop_config"] or os.path.join(share, "config", "teleop.yaml" if sim else "teleop_ur5.yaml")
     recorder_cfg = arg["recorder_config"] or os.path.join(share, "config", "recorder.yaml" if sim else "recorder_ur5.yaml")
     common = {"output": "screen", "emulate_tty": True, "arguments": ["--ros-args", "--log-level", arg["log_level"]]}
-    recorder_overrides = {"dataset": os.path.expanduser(arg["dataset"]), "video": _truthy(arg["video"])}
+    recorder_overrides = {"dataset": os.path.expanduser(arg["dataset"]), "video": truthy(arg["video"])}
     if mode == "scripted":  # the script resets the cell and resyncs teleop itself, in its own order
         recorder_overrides["after_episode_services"] = [""]
     nodes = [
@@ -62,15 +55,7 @@ def launch_setup(context, *_, **__):
                           parameters=[os.path.join(share, "config", "pusht_sim.yaml"),
                                       {"auto_reset": False, "seed": first}]))
     else:
-        if not arg["robot_ip"]:
-            raise RuntimeError("sim:=false needs robot_ip:=<UR controller address>")
-        nodes += [
-            Node(package=PKG, executable="ur_driver", name="ur_driver", **common,
-                 parameters=[os.path.join(share, "config", "ur_driver.yaml"), {"robot_ip": arg["robot_ip"]}]),
-            Node(package=PKG, executable="cameras", name="cameras", **common,
-                 parameters=[os.path.join(share, "config", "cameras.yaml")]
-                 + ([{"serials": _serials(arg["camera_serials"])}] if arg["camera_serials"] else [])),
-        ]
+        nodes += real_cell_nodes(share, arg["robot_ip"], arg["camera_serials"], common)
     if mode == "scripted":
         demo_dataset = arg["demo_dataset"] or os.path.abspath(os.path.join("..", "shared", "data", "pusht",
                                                                            "pusht_cchi_v7_replay.zarr"))

@@ -23,11 +23,8 @@ from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-PKG = "dp_bringup"
+from dp_bringup.launch_helpers import PKG, real_cell_nodes, truthy
 
-
-def _truthy(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes", "on")
 
 
 def launch_setup(context, *_, **__):
@@ -35,7 +32,7 @@ def launch_setup(context, *_, **__):
     arg = {name: LaunchConfiguration(name).perform(context) for name in
            ("sim", "checkpoint", "config", "device", "robot_ip", "camera_serials", "num_episodes",
             "seed", "extra_latency", "latency_compensation", "log_level", "bag", "bag_recorder")}
-    sim = _truthy(arg["sim"])
+    sim = truthy(arg["sim"])
     config = arg["config"] or os.path.join(share, "config", "pusht_sim.yaml" if sim else "ur5_real.yaml")
     checkpoint = arg["checkpoint"] or os.path.join(share, "models", "pusht_state_unet_small.safetensors")
     common = {"output": "screen", "emulate_tty": True, "arguments": ["--ros-args", "--log-level", arg["log_level"]]}
@@ -44,7 +41,7 @@ def launch_setup(context, *_, **__):
              parameters=[config, {"checkpoint": checkpoint, "device": arg["device"],
                                   "extra_latency_s": float(arg["extra_latency"])}]),
         Node(package=PKG, executable="action_executor", name="action_executor", **common,
-             parameters=[config, {"latency_compensation": _truthy(arg["latency_compensation"])}]),
+             parameters=[config, {"latency_compensation": truthy(arg["latency_compensation"])}]),
     ]
     if sim:
         sim_node = Node(package=PKG, executable="pusht_sim", name="pusht_sim", **common,
@@ -53,15 +50,7 @@ def launch_setup(context, *_, **__):
         if int(arg["num_episodes"]) > 0:  # scored run: the whole launch ends with the simulator's report
             nodes.append(RegisterEventHandler(OnProcessExit(target_action=sim_node, on_exit=[Shutdown()])))
     else:
-        if not arg["robot_ip"]:
-            raise RuntimeError("sim:=false needs robot_ip:=<UR controller address>")
-        nodes += [
-            Node(package=PKG, executable="ur_driver", name="ur_driver", **common,
-                 parameters=[os.path.join(share, "config", "ur_driver.yaml"), {"robot_ip": arg["robot_ip"]}]),
-            Node(package=PKG, executable="cameras", name="cameras", **common,
-                 parameters=[os.path.join(share, "config", "cameras.yaml")]
-                 + ([{"serials": _serials(arg["camera_serials"])}] if arg["camera_serials"] else [])),
-        ]
+        nodes += real_cell_nodes(share, arg["robot_ip"], arg["camera_serials"], common)
     if arg["bag"]:
         nodes += _recorder(arg["bag"], arg["bag_recorder"], config, common)
     return nodes
@@ -89,10 +78,6 @@ def _recorder(bag: str, which: str, config: str, common: dict) -> list:
                 ExecuteProcess(cmd=["ros2", "bag", "record", "-s", "mcap", "-o", bag, *topics], output="screen")]
     return [Node(package=PKG, executable="bag_recorder", name="bag_recorder", **common,
                  parameters=[config, {"output": bag}])]
-
-
-def _serials(text: str) -> list[str]:
-    return [s.strip().strip("'\"") for s in text.strip("[]").split(",") if s.strip()]
 
 
 def generate_launch_description() -> LaunchDescription:
