@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,12 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))  # time this checkout's code, whatever is installed
+
 from dp_core.checkpoint import resolve_device
 from dp_core.config import ObsSpec, PolicyConfig, load_config
 from dp_core.fast_inference import InferenceOptions
 from dp_core.policy import DiffusionPolicy, shift_chunk
 
-REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {"ddpm100": ("ddpm", 100, False), "ddim16": ("ddim", 16, False), "ddim8": ("ddim", 8, False),
             "ddim4": ("ddim", 4, False), "warm": ("ddim", 16, True)}
 PATHS = {"reference": InferenceOptions(fast=False), "fast": InferenceOptions(),

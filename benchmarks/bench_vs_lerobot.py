@@ -137,6 +137,8 @@ COMMON_NOTES = [
     ("training: ours Trainer.train_step (AdamW wd 1e-6, grad clip 1.0, EMA update every step, uint8 images to "
      "device); LeRobot preprocessor + update_policy (Adam wd 1e-6, grad clip 10, no EMA, float32 images to device); "
      "no data loader workers on either side"),
+    ("CUDA: both sides train with TF32 matrix products and cuDNN autotuning (LeRobot's train and eval scripts "
+     "set them; our Trainer's allow_tf32 default); our fp32 inference runs without TF32"),
 ]
 
 
@@ -206,6 +208,8 @@ def main() -> None:
     parser.add_argument("--sides", nargs="+", default=["ours", "ours-torch29", "lerobot"],
                         choices=["ours", "ours-torch29", "lerobot"])
     parser.add_argument("--envs", default=str(REPO / ".bench-venvs"), help="folder made by setup_envs.sh")
+    parser.add_argument("--python", nargs="+", default=[], metavar="SIDE=PATH",
+                        help="interpreter of a side instead of --envs (ours: this interpreter), e.g. lerobot=/opt/lr/bin/python")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds per case")
     parser.add_argument("--reps", type=int, default=5, help="timed chunks per side per round")
@@ -230,6 +234,11 @@ def main() -> None:
     pythons = {"ours": sys.executable,
                "ours-torch29": str(Path(args.envs) / "ours-torch29" / "bin" / "python"),
                "lerobot": str(Path(args.envs) / "lerobot" / "bin" / "python")}
+    for item in args.python:
+        side, _, path = item.partition("=")
+        if side not in pythons or not path:
+            raise SystemExit(f"bad --python '{item}': expected SIDE=PATH with SIDE one of {sorted(pythons)}")
+        pythons[side] = path
     for side in args.sides:
         if not Path(pythons[side]).exists():
             raise SystemExit(f"{pythons[side]} missing: run benchmarks/setup_envs.sh first")

@@ -119,6 +119,9 @@ def lerobot_batch(model: dict, batch: dict[str, np.ndarray]) -> dict[str, torch.
 class LeRobotBench(Bench):
     def setup(self, case: dict) -> dict:
         model = case["model"]
+        if self.device.type == "cuda":  # as lerobot_train.train and lerobot_eval.eval_main set them
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
         cfg = build_config(model, case.get("steps", 16), case["device"])
         self.policy = DiffusionPolicy(cfg).to(self.device)
         self.pre, self.post = make_diffusion_pre_post_processors(cfg, dataset_stats(cfg))

@@ -51,8 +51,9 @@ def crop_images(img: torch.Tensor, size: tuple[int, int], random: bool, generato
     if not random:
         top, left = (h - ch) // 2, (w - cw) // 2
         return img[:, :, top : top + ch, left : left + cw]
-    tops = torch.randint(0, h - ch + 1, (n,), generator=generator, device="cpu").to(img.device)
-    lefts = torch.randint(0, w - cw + 1, (n,), generator=generator, device="cpu").to(img.device)
+    gen_device = generator.device if generator is not None else "cpu"  # a CUDA generator draws on the GPU
+    tops = torch.randint(0, h - ch + 1, (n,), generator=generator, device=gen_device).to(img.device)
+    lefts = torch.randint(0, w - cw + 1, (n,), generator=generator, device=gen_device).to(img.device)
     rows = (tops[:, None] + torch.arange(ch, device=img.device))[:, None, :, None].expand(n, c, ch, w)
     out = img.gather(2, rows)
     cols = (lefts[:, None] + torch.arange(cw, device=img.device))[:, None, None, :].expand(n, c, ch, cw)
