@@ -8,8 +8,9 @@
 #
 # PYTHON runs our side (default: python3 with src/ on the path); LEROBOT_PYTHON runs LeRobot's
 # (default: .bench-venvs/lerobot/bin/python from benchmarks/setup_envs.sh; SKIP_LEROBOT=1 leaves
-# step 3 out). DEVICE (default cuda) and BUDGET_S (seconds per latency row, default 1) are for
-# smoke runs. Writes OUT_DIR/{env.txt,tests.log,inference.json,inference.log,vs_lerobot.json,
+# step 3 out). STEPS picks steps (default "tests latency lerobot"; "compile" adds torch.compile rows,
+# minutes of compiling). DEVICE (default cuda) and BUDGET_S (seconds per latency row, default 1) are
+# for smoke runs; PYTEST_K selects tests (pytest -k). Writes OUT_DIR/{env.txt,tests.log,inference.json,inference.log,vs_lerobot.json,
 # vs_lerobot.log}; exits 1 if any step failed, after running all of them.
 set -uo pipefail
 
@@ -30,12 +31,15 @@ step environment
 { nvidia-smi || true; "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
       torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"; } > "$out/env.txt" 2>&1
 
+steps=" ${STEPS:-tests latency lerobot} "
+if [[ $steps == *" tests "* ]]; then
 step tests
-"$py" -m pytest -q -p no:cacheprovider -m "not slow" tests/unit/test_fast_inference.py tests/unit/test_train.py \
+"$py" -m pytest -q -p no:cacheprovider -m "not slow" ${PYTEST_K:+-k "$PYTEST_K"} \
+  tests/unit/test_fast_inference.py tests/unit/test_train.py \
   > "$out/tests.log" 2>&1 || status=1
 tail -n 3 "$out/tests.log" >&2
+fi
 
-step latency
 parts=()
 latency() {  # name, then bench_inference arguments
   local name=$1; shift
@@ -43,20 +47,28 @@ latency() {  # name, then bench_inference arguments
     --output "$out/inference_$name.json" "$@" >> "$out/inference.log" 2>&1 || status=1
   [ -f "$out/inference_$name.json" ] && parts+=("$out/inference_$name.json")
 }
+if [[ $steps == *" latency "* ]]; then
+step latency
 latency paper --presets pusht_image_unet --cameras 2 1 --image-sizes 96x96 --settings ddim16 ddim8 ddim4 warm ddpm100
 latency paper_large --presets pusht_image_unet --cameras 2 1 --image-sizes 240x320 --settings ddim16
 latency small --presets pusht_image_unet_small --cameras 1 2 --image-sizes 96x96 240x320 --settings ddim16 ddim8 warm
 latency state --presets pusht_state_unet_small pusht_state_unet pusht_state_transformer --settings ddim16 ddim8 warm ddpm100
-"$py" - "$out/inference.json" "${parts[@]}" <<'EOF' || status=1
+fi
+if [[ $steps == *" compile "* ]]; then
+step "latency, torch.compile"
+latency compile --presets pusht_image_unet pusht_state_unet_small --cameras 2 --image-sizes 96x96 --settings ddim16 \
+  --paths fast fast-compile fast-bf16-compile
+fi
+[ ${#parts[@]} -gt 0 ] && { "$py" - "$out/inference.json" "${parts[@]}" <<'EOF' || status=1; }
 import json, sys
 docs = [json.load(open(p)) for p in sys.argv[2:]]
 json.dump({"meta": docs[0]["meta"] if docs else {}, "results": [r for d in docs for r in d["results"]]},
           open(sys.argv[1], "w"), indent=2)
 EOF
 rm -f "${parts[@]}"
-echo "$(grep -c '^{"preset"' "$out/inference.log") latency rows" >&2
+[ ${#parts[@]} -gt 0 ] && echo "$(grep -c '^{"preset"' "$out/inference.log") latency rows" >&2
 
-if [ "${SKIP_LEROBOT:-0}" != 1 ]; then
+if [[ $steps == *" lerobot "* && ${SKIP_LEROBOT:-0} != 1 ]]; then
   step "ours vs LeRobot"
   "$py" benchmarks/bench_vs_lerobot.py --device "$device" --threads 0 --sides ours lerobot \
     --python "ours=$py" "lerobot=$lerobot_py" --paths e2e model \

@@ -46,12 +46,15 @@ class InferenceOptions:
     ``cuda_graph``: capture and replay noise-free sampling calls on CUDA.
     ``channels_last``: convert the image encoders' weights to channels-last layout on first use
     (leave it off for a policy that is being trained).
+    ``compile``: the UNet's denoising step through ``torch.compile`` (inductor fuses its many small
+    operators; compiling takes minutes on first use, so it is off by default).
     """
 
     fast: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"
     cuda_graph: bool = True
     channels_last: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
@@ -73,6 +76,9 @@ class FastSampler:
         self.policy = policy
         self.options = options
         self.unet = FastUnet1D(policy.denoiser) if isinstance(policy.denoiser, ConditionalUnet1D) else None
+        self._unet_step = None
+        if self.unet is not None:
+            self._unet_step = torch.compile(self.unet.step, dynamic=False) if options.compile else self.unet.step
         self._plans: dict[tuple, SamplingPlan] = {}
         self._graphs: dict[tuple, _Graph] = {}
         self._channels_last_done = False
@@ -102,7 +108,7 @@ class FastSampler:
         if self.unet is not None:
             films = self.unet.condition(plan.timesteps, cond)
             for i in range(len(plan)):
-                x = plan.step(i, self.unet.step(x, films[i]), x, generator)
+                x = plan.step(i, self._unet_step(x, films[i]), x, generator)
             return x
         for i in range(len(plan)):
             x = plan.step(i, self.policy.denoiser(x, plan.timesteps[i], cond), x, generator)
@@ -140,7 +146,10 @@ class FastSampler:
             guess = policy.normalizer.action(warm_start.to(device).float()).clamp(-1.0, 1.0)
             x = policy.sampler.add_noise(guess, noise, plan.timesteps[:1])
         run = self._encode_and_denoise(plan, generator)
-        if device.type != "cuda" or not self.options.cuda_graph or plan.draws_noise or self._graph_failed:
+        # Graphs for the UNet only: the transformer's attention checks its masks on the host (a sync),
+        # and an aborted capture leaves the CUDA generator unusable.
+        if (device.type != "cuda" or not self.options.cuda_graph or plan.draws_noise or self._graph_failed
+                or self.unet is None):
             return run(obs, x)
         try:
             return self._replay(plan, run, obs, x)

@@ -110,6 +110,7 @@ class Trainer:
         state = load_training_state(path)
         self.policy.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
+        self.ema.to(self.device)  # the training state is read onto the CPU
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.step = int(state["step"])

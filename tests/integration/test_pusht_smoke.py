@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.skipif(not PUSHT_ZARR.exists(), reason="shared Push-T demonstrations not present")
 def test_train_then_evaluate_pusht(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     out = tmp_path / "run"
     train = subprocess.run(
         [sys.executable, "-m", "dp_core.train", "--config", str(REPO / "config" / "pusht_state_unet_small.yaml"),

@@ -183,7 +183,7 @@ def test_scripted_teleop_records_trainable_demonstrations(tmp_path: Path) -> Non
     action, agent = store.read("action"), store.read("agent_pos")
     assert np.median(np.linalg.norm(action - agent, axis=1)) < 40.0
 
-    py_env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    py_env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     out = tmp_path / "run"
     train = subprocess.run(
         [sys.executable, "-m", "dp_core.train", "--config", str(REPO / "config" / "pusht_teleop_state_unet_small.yaml"),

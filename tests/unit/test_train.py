@@ -51,7 +51,7 @@ def test_resume_continues_exactly(ramp_dataset: Path, tmp_path: Path) -> None:
 def test_cli_reports_bad_key_and_missing_data(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"data:\n  path: {tmp_path / 'none.zarr'}\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     run = subprocess.run([sys.executable, "-m", "dp_core.train", "--config", str(cfg), "train.bach_size=3"],
                          capture_output=True, text=True, env=env)
     assert run.returncode == 2 and "train.bach_size" in run.stderr and "batch_size" in run.stderr
@@ -69,7 +69,7 @@ def test_distributed_data_parallel_two_cpu_processes(ramp_dataset: Path, tmp_pat
         f"data: {{path: {ramp_dataset}, val_ratio: 0.1}}\n"
         f"train: {{output_dir: {tmp_path / 'out'}, batch_size: 16, num_steps: 6, checkpoint_every: 3, val_every: 3, device: cpu}}\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     run = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
          "-m", "dp_core.train", "--config", str(cfg)],
