@@ -145,9 +145,13 @@ class LeRobotBench(Bench):
                 info["entry"] = "diffusion.generate_actions"
             return info
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
         from lerobot.scripts.lerobot_train import update_policy
         from lerobot.utils.logging_utils import AverageMeter, MetricsTracker
 
+        # One Accelerator per case, as in one lerobot-train run: its state is a process-wide singleton
+        # that refuses another mixed-precision setting.
+        AcceleratorState._reset_state(reset_partial_state=True)
         self.accelerator = Accelerator(
             step_scheduler_with_optimizer=False,
             cpu=self.device.type == "cpu",
