@@ -9,7 +9,8 @@ actions of a newly arrived chunk, as soon as the chunk arrives; so ``stamp - rec
 driver gets (ideally ``lead`` minus the executor tick and DDS delivery), and a waypoint received after
 its stamp arrived too late to be reached on time. For each camera topic, stamp intervals longer than
 1.5 frame periods count as dropped frames (one per missing period), and the receive minus the stamp is
-the delivery latency.
+the delivery latency. With two or more cameras, ``camera_sync`` is the spread of the frame stamps the
+policy's observation alignment picks (see ``camera_sync``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,33 @@ def camera_timing(bag: BagReader, topic: str, rate: float) -> dict:
             "delivery_latency_ms": percentiles((np.asarray(received) - s) * 1e3)}
 
 
+def camera_sync(bag: BagReader, cameras: list[str], chunk_topic: str, n_obs_steps: int, dt: float) -> dict:
+    """Stamp spread between the cameras' frames in each observation the policy used.
+
+    The policy node aligns its inputs on a grid ``t0 - k dt`` (k < To) ending at the chunk's stamp
+    t0 and takes, per stream, the last sample at or before each grid time; this replays that choice
+    on the recorded frame stamps. The error of one grid time is the newest minus the oldest chosen
+    camera frame.
+    """
+    stamps = {t: np.sort([stamp_seconds(m.msg.header.stamp) for m in bag.messages([t])]) for t in cameras}
+    chunks = [stamp_seconds(m.msg.header.stamp) for m in bag.messages([chunk_topic])]
+    spread = []
+    for t0 in chunks:
+        for k in range(n_obs_steps):
+            target = t0 - k * dt + 1e-9
+            chosen = []
+            for s in stamps.values():
+                i = np.searchsorted(s, target, side="right") - 1
+                if i >= 0:
+                    chosen.append(s[i])
+            if len(chosen) == len(cameras):
+                spread.append(max(chosen) - min(chosen))
+    out = {"cameras": cameras, "chunks": len(chunks), "n_obs_steps": n_obs_steps, "dt": dt}
+    if spread:
+        out["sync_error_ms"] = percentiles(np.asarray(spread) * 1e3)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bag", help="rosbag2 directory of a closed-loop run")
@@ -65,6 +93,9 @@ def main() -> int:
     parser.add_argument("--camera-topics", nargs="*", default=None,
                         help="image topics (default: every sensor_msgs/Image topic in the bag)")
     parser.add_argument("--camera-rate", type=float, default=30.0, help="nominal frame rate (Hz)")
+    parser.add_argument("--chunk-topic", default="/policy/action_chunk")
+    parser.add_argument("--n-obs-steps", type=int, default=2, help="the policy's To (camera sync replay)")
+    parser.add_argument("--dt", type=float, default=0.1, help="the policy's dt (camera sync replay)")
     args = parser.parse_args()
     try:
         with BagReader(args.bag) as bag:
@@ -74,6 +105,8 @@ def main() -> int:
             report = {"bag": args.bag, "loadavg": os.getloadavg(),
                       "executor": command_timing(bag, args.command_topic, args.lead),
                       "cameras": [camera_timing(bag, t, args.camera_rate) for t in cams]}
+            if len(cams) > 1:
+                report["camera_sync"] = camera_sync(bag, cams, args.chunk_topic, args.n_obs_steps, args.dt)
     except BagError as exc:
         print(f"bench_bag_timing: error: {exc}", file=sys.stderr)
         return 1

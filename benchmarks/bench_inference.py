@@ -40,7 +40,8 @@ SETTINGS = {"ddpm100": ("ddpm", 100, False), "ddim16": ("ddim", 16, False), "ddi
             "ddim4": ("ddim", 4, False), "warm": ("ddim", 16, True)}
 PATHS = {"reference": InferenceOptions(fast=False), "fast": InferenceOptions(),
          "fast-bf16": InferenceOptions(precision="bf16"), "fast-compile": InferenceOptions(compile=True),
-         "fast-bf16-compile": InferenceOptions(precision="bf16", compile=True)}
+         "fast-bf16-compile": InferenceOptions(precision="bf16", compile=True),
+         "fast-ort": InferenceOptions(backend="onnxruntime")}
 # The issue's targets: rows that must be measured on every run of the default matrix.
 TARGET_ROWS = [
     ("pusht_state_unet_small", 0, None, "ddim16"),

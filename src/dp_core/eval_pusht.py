@@ -91,6 +91,7 @@ def evaluate(
     needs_image = bool(policy.cfg.shape_meta.rgb_keys)
     env = PushTEnv(PushTConfig(max_steps=max_steps, render_size=96 if needs_image else 0))
     runner = PolicyRunner(policy, dt=1.0 / env.config.control_hz, warm_start=warm_start, seed=seed, inference=inference)
+    warmup_s = runner.warmup()  # graph capture or export happen here, not in the first episode's latencies
     results, latencies = [], []
     bar = tqdm(range(episodes), desc="Push-T eval", disable=not progress, dynamic_ncols=True)
     for i in bar:
@@ -117,6 +118,8 @@ def evaluate(
         "inference": {
             "device": str(policy.device),
             "path": "fast" if policy.uses_fast_path else "reference",
+            "backend": policy.inference_options.backend,
+            "warmup_s": round(warmup_s, 3),
             "scheduler": d.inference_scheduler,
             "num_inference_steps": d.num_inference_steps,
             "warm_start": warm_start,
@@ -148,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warm-strength", type=float, default=None, help="re-noising strength of a warm start, (0, 1]")
     p.add_argument("--max-steps", type=int, default=300)
     p.add_argument("--reference-inference", action="store_true", help="sample on the reference path, not the fast one")
+    p.add_argument("--inference-backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="onnxruntime: the UNet's denoising step in ONNX Runtime (CPU)")
     p.add_argument("--output", default=None, help="write the JSON report here")
     p.add_argument("--video-dir", default=None, help="write one mp4 per episode here")
     lat = sub.add_parser("latency", help="Push-T score under observation-to-chunk delays, compensation on/off")
@@ -174,9 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate(
             args.checkpoint, args.episodes, args.seed, args.device, args.steps,
             not args.no_warm_start, args.warm_steps, args.warm_strength, args.max_steps, args.video_dir,
-            inference=InferenceOptions(fast=not args.reference_inference),
+            inference=InferenceOptions(fast=not args.reference_inference, backend=args.inference_backend),
         )
-    except CheckpointError as exc:
+    except (CheckpointError, ValueError) as exc:
         print(f"dp-eval: error: {exc}", file=sys.stderr)
         return 2
     summary = {k: v for k, v in report.items() if k != "per_episode"}

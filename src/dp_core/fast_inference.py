@@ -28,6 +28,7 @@ import torch
 
 from .models import ConditionalUnet1D
 from .models.unet1d_fast import FastUnet1D
+from .ort_step import OrtUnetStep
 from .sampling import SamplingPlan, plan_supported
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ class InferenceOptions:
     (leave it off for a policy that is being trained).
     ``compile``: the UNet's denoising step through ``torch.compile`` (inductor fuses its many small
     operators; compiling takes minutes on first use, so it is off by default).
+    ``backend``: ``onnxruntime`` runs the UNet's denoising step in ONNX Runtime (CPU only; exported
+    on first use, seconds), :mod:`dp_core.ort_step`.
     """
 
     fast: bool = True
@@ -55,10 +58,15 @@ class InferenceOptions:
     cuda_graph: bool = True
     channels_last: bool = True
     compile: bool = False
+    backend: Literal["torch", "onnxruntime"] = "torch"
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.backend not in ("torch", "onnxruntime"):
+            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {self.backend!r}")
+        if self.backend == "onnxruntime" and self.compile:
+            raise ValueError("compile applies to the torch backend, not to onnxruntime")
 
 
 @dataclass
@@ -76,9 +84,14 @@ class FastSampler:
         self.policy = policy
         self.options = options
         self.unet = FastUnet1D(policy.denoiser) if isinstance(policy.denoiser, ConditionalUnet1D) else None
-        self._unet_step = None
+        self._condition = self._unet_step = None  # per-chunk FiLM conditioning and the per-step network
         if self.unet is not None:
-            self._unet_step = torch.compile(self.unet.step, dynamic=False) if options.compile else self.unet.step
+            self._condition, self._unet_step = (lambda t, cond, _: self.unet.condition(t, cond)), self.unet.step
+            if options.backend == "onnxruntime":
+                ort = OrtUnetStep(self.unet)
+                self._condition, self._unet_step = ort.condition, ort
+            elif options.compile:
+                self._unet_step = torch.compile(self.unet.step, dynamic=False)
         self._plans: dict[tuple, SamplingPlan] = {}
         self._graphs: dict[tuple, _Graph] = {}
         self._channels_last_done = False
@@ -106,7 +119,7 @@ class FastSampler:
 
     def _denoise(self, plan: SamplingPlan, x: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         if self.unet is not None:
-            films = self.unet.condition(plan.timesteps, cond)
+            films = self._condition(plan.timesteps, cond, x)
             for i in range(len(plan)):
                 x = plan.step(i, self._unet_step(x, films[i]), x, generator)
             return x

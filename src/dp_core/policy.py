@@ -26,6 +26,7 @@ from torch import nn
 
 from .config import PolicyConfig
 from .fast_inference import FastSampler, InferenceOptions
+from .ort_step import onnxruntime_available
 from .models import ConditionalUnet1D, ObsEncoder, TransformerDenoiser
 from .normalizer import Normalizer
 
@@ -64,6 +65,11 @@ class DiffusionPolicy(nn.Module):
 
     def configure_inference(self, options: InferenceOptions) -> None:
         """Choose the sampling path (fast or reference) and its options."""
+        if options.backend == "onnxruntime":
+            if self.device.type != "cpu":
+                raise ValueError(f"inference backend 'onnxruntime' runs on the CPU; this policy is on {self.device}")
+            if not onnxruntime_available():
+                raise ValueError("inference backend 'onnxruntime' needs the onnxruntime package (requirements/core.txt)")
         self.inference_options = options
         self._fast = FastSampler(self, options) if options.fast and FastSampler.supported(self) else None
 

@@ -214,3 +214,51 @@ def test_cuda_graph_path_equals_reference(precision: str, tol: float, monkeypatc
         norm = fast.normalizer.action
         assert (norm(a) - norm(b)).abs().max().item() < tol
     assert fast._fast._graphs
+
+
+def test_onnxruntime_backend_equals_reference() -> None:
+    """The UNet step exported to ONNX Runtime: cold DDIM, warm start and an image policy agree with the reference."""
+    cfg = tiny_policy_config(LOW_DIM, 2, unet=UnetConfig(down_dims=[16, 32, 64], step_embed_dim=16))
+    fast, ref = _policies(cfg)
+    fast.configure_inference(InferenceOptions(backend="onnxruntime"))
+    obs = _obs(cfg)
+    _assert_paths_agree(fast, ref, obs, num_inference_steps=8)
+    guess = shift_chunk(ref.predict_action(obs, generator=torch.Generator().manual_seed(1))["action_pred"], 2)
+    _assert_paths_agree(fast, ref, obs, warm_start=guess)
+
+    cfg = tiny_policy_config(IMAGE, 2)
+    fast, ref = _policies(cfg)
+    fast.configure_inference(InferenceOptions(backend="onnxruntime"))
+    _assert_paths_agree(fast, ref, _obs(cfg), num_inference_steps=4)
+
+
+def test_onnxruntime_backend_follows_new_weights() -> None:
+    """Weights are baked into the exported graph: loading new ones must rebuild it."""
+    cfg = tiny_policy_config(LOW_DIM, 2, unet=UnetConfig(down_dims=[16, 32], step_embed_dim=16))
+    fast, ref = _policies(cfg)
+    fast.configure_inference(InferenceOptions(backend="onnxruntime"))
+    obs = _obs(cfg, b=1)
+    fast.predict_action(obs, num_inference_steps=4)
+    torch.manual_seed(7)
+    other = DiffusionPolicy(cfg).state_dict()
+    other = {k: v for k, v in other.items() if "normalizer" not in k}
+    fast.load_state_dict(other, strict=False)
+    ref.load_state_dict(other, strict=False)
+    _assert_paths_agree(fast, ref, obs, num_inference_steps=4)
+
+
+def test_inference_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="backend"):
+        InferenceOptions(backend="tensorrt")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="compile"):
+        InferenceOptions(backend="onnxruntime", compile=True)
+
+
+def test_runner_warmup_leaves_no_state() -> None:
+    cfg = tiny_policy_config(IMAGE, 2)
+    runner = PolicyRunner(DiffusionPolicy(cfg), dt=0.1, seed=0)
+    first = runner.infer({k: v[0].numpy() for k, v in _obs(cfg, b=1).items()}, 0.0)
+    runner.reset()
+    assert runner.warmup() > 0
+    again = runner.infer({k: v[0].numpy() for k, v in _obs(cfg, b=1).items()}, 0.0)
+    assert not again.warm and np.array_equal(first.chunk, again.chunk)

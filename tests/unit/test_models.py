@@ -71,9 +71,9 @@ def test_observations_encoded_once_per_chunk(denoiser: str, fast: bool) -> None:
     policy.obs_encoder.register_forward_hook(lambda *_: calls.__setitem__("encoder", calls["encoder"] + 1))
     policy.denoiser.register_forward_hook(lambda *_: calls.__setitem__("denoiser", calls["denoiser"] + 1))
     if fast and denoiser == "unet":  # the fast UNet evaluates the module's layers step by step
-        fast_unet = policy._fast.unet
-        step = fast_unet.step
-        fast_unet.step = lambda *a: (calls.__setitem__("denoiser", calls["denoiser"] + 1), step(*a))[1]
+        sampler = policy._fast
+        step = sampler._unet_step
+        sampler._unet_step = lambda *a: (calls.__setitem__("denoiser", calls["denoiser"] + 1), step(*a))[1]
     obs = {"cam": torch.randint(0, 255, (3, 2, 32, 32, 3), dtype=torch.uint8), "pos": torch.randn(3, 2, 2)}
     out = policy.predict_action(obs, num_inference_steps=10)
     assert calls == {"encoder": 1, "denoiser": 10}

@@ -40,7 +40,7 @@ class PushTSimNode(Node):
             "render_size": self.declare_parameter("render_size", 96).value,
             "camera_rate_hz": self.declare_parameter("camera_rate_hz", 30.0).value,
             "state_rate_hz": self.declare_parameter("state_rate_hz", 125.0).value,
-            "camera_name": self.declare_parameter("camera_name", "camera_0").value,
+            "camera_names": list(self.declare_parameter("camera_names", ["camera_0"]).value),
             "frame_id": self.declare_parameter("frame_id", "pusht_world").value,
             "command_topic": self.declare_parameter("command_topic", "/robot/servo_target").value,
             "report_path": self.declare_parameter("report_path", "").value,
@@ -50,9 +50,14 @@ class PushTSimNode(Node):
         self.finished = threading.Event()
         self.cell = PushTCell(PushTConfig(render_size=p["render_size"]), p["seed"], p["episode_s"], self._on_episode_end,
                               start_on_command=p["start_on_command"], auto_reset=p["auto_reset"])
-        cam = f"/{p['camera_name']}/color"
-        self.image_pub = self.create_publisher(Image, f"{cam}/image_raw", qos_profile_sensor_data)
-        self.info_pub = self.create_publisher(CameraInfo, f"{cam}/camera_info", qos_profile_sensor_data)
+        # One image and camera-info topic per camera. The cameras run free at the same rate, evenly
+        # staggered (camera k a k/n frame period after camera 0), like unsynchronised real cameras.
+        if not p["camera_names"] or len(set(p["camera_names"])) != len(p["camera_names"]):
+            raise ValueError(f"camera_names must be non-empty and unique; got {p['camera_names']}")
+        self.cameras = [(name, self.create_publisher(Image, f"/{name}/color/image_raw", qos_profile_sensor_data),
+                         self.create_publisher(CameraInfo, f"/{name}/color/camera_info", qos_profile_sensor_data))
+                        for name in p["camera_names"]]
+        self._camera_turn = 0
         self.tcp_pub = self.create_publisher(PoseStamped, "/robot/tcp_pose", qos_profile_sensor_data)
         self.kp_pub = self.create_publisher(PoseArray, "/pusht/keypoints", qos_profile_sensor_data)
         self.block_pub = self.create_publisher(PoseStamped, "/pusht/block_pose", 10)
@@ -60,7 +65,7 @@ class PushTSimNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_subscription(PoseStamped, p["command_topic"], self._on_target, 10)
         self.create_service(Trigger, "~/reset", self._on_reset)
-        self.create_timer(1.0 / p["camera_rate_hz"], self._publish_camera)
+        self.create_timer(1.0 / (p["camera_rate_hz"] * len(self.cameras)), self._publish_camera)
         self.create_timer(1.0 / p["state_rate_hz"], self._publish_state)
         self.create_timer(0.1, self._publish_coverage)
         self.create_timer(2.0, self._log_progress)
@@ -68,7 +73,7 @@ class PushTSimNode(Node):
         self.cell.start()
         self.get_logger().info(
             f"Push-T cell running: seed {p['seed']}, {p['episode_s']:.0f} s episodes, "
-            f"camera {cam}/image_raw at {p['camera_rate_hz']:.0f} Hz"
+            f"cameras {', '.join(p['camera_names'])} at {p['camera_rate_hz']:.0f} Hz"
         )
 
     def _on_target(self, msg: PoseStamped) -> None:
@@ -81,13 +86,14 @@ class PushTSimNode(Node):
         return response
 
     def _publish_camera(self) -> None:
+        name, image_pub, info_pub = self.cameras[self._camera_turn]
+        self._camera_turn = (self._camera_turn + 1) % len(self.cameras)
         obs, _, _ = self.cell.snapshot()
         stamp = self.get_clock().now().to_msg()
-        img = numpy_to_image(obs["image"], "rgb8", stamp, self.p["camera_name"])
-        self.image_pub.publish(img)
+        img = numpy_to_image(obs["image"], "rgb8", stamp, name)
+        image_pub.publish(img)
         size = obs["image"].shape[0]
-        info = CameraInfo(header=img.header, height=size, width=size)
-        self.info_pub.publish(info)
+        info_pub.publish(CameraInfo(header=img.header, height=size, width=size))
 
     def _publish_state(self) -> None:
         obs, _, _ = self.cell.snapshot()
