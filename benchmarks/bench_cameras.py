@@ -63,7 +63,12 @@ def parameter_file(path: Path, keys: list[str], episode_s: float, bag_topics: li
                   obs_topics=["/robot/tcp_pose", *(f"/{n}/color/image_raw" for n in names)],
                   obs_types=["PoseStamped", *(["Image"] * len(keys))])
     params["bag_recorder"]["ros__parameters"]["topics"] = bag_topics
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+    class Quoted(yaml.SafeDumper):  # rcl reads YAML 1.1: a bare y is a boolean (action_names: [x, y])
+        pass
+
+    Quoted.add_representer(str, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v, style='"'))
+    path.write_text(yaml.dump(params, Dumper=Quoted, sort_keys=False))
 
 
 def main() -> int:
