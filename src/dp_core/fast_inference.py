@@ -50,7 +50,8 @@ class InferenceOptions:
     ``compile``: the UNet's denoising step through ``torch.compile`` (inductor fuses its many small
     operators; compiling takes minutes on first use, so it is off by default).
     ``backend``: ``onnxruntime`` runs the UNet's denoising step in ONNX Runtime (CPU only; exported
-    on first use, seconds), :mod:`dp_core.ort_step`.
+    on first use, seconds), :mod:`dp_core.ort_step`; ``auto`` picks it for a UNet policy on the CPU
+    when onnxruntime is installed, else ``torch``.
     """
 
     fast: bool = True
@@ -58,14 +59,14 @@ class InferenceOptions:
     cuda_graph: bool = True
     channels_last: bool = True
     compile: bool = False
-    backend: Literal["torch", "onnxruntime"] = "torch"
+    backend: Literal["torch", "onnxruntime", "auto"] = "torch"
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        if self.backend not in ("torch", "onnxruntime"):
-            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {self.backend!r}")
-        if self.backend == "onnxruntime" and self.compile:
+        if self.backend not in ("torch", "onnxruntime", "auto"):
+            raise ValueError(f"backend must be 'torch', 'onnxruntime' or 'auto', got {self.backend!r}")
+        if self.backend != "torch" and self.compile:
             raise ValueError("compile applies to the torch backend, not to onnxruntime")
 
 

@@ -19,6 +19,8 @@ reference path below (diffusers' ``step``, the plain modules).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
@@ -64,8 +66,14 @@ class DiffusionPolicy(nn.Module):
         self.configure_inference(InferenceOptions())
 
     def configure_inference(self, options: InferenceOptions) -> None:
-        """Choose the sampling path (fast or reference) and its options."""
+        """Choose the sampling path (fast or reference) and its options (``backend: auto`` is resolved here)."""
+        unet = self.cfg.denoiser == "unet" and self.cfg.kind == "diffusion"
+        if options.backend == "auto":
+            ort = options.fast and unet and self.device.type == "cpu" and onnxruntime_available()
+            options = dataclasses.replace(options, backend="onnxruntime" if ort else "torch")
         if options.backend == "onnxruntime":
+            if not (options.fast and unet):
+                raise ValueError("inference backend 'onnxruntime' runs the fast path of a diffusion UNet policy")
             if self.device.type != "cpu":
                 raise ValueError(f"inference backend 'onnxruntime' runs on the CPU; this policy is on {self.device}")
             if not onnxruntime_available():

@@ -83,7 +83,7 @@ def test_node_parameter_file_errors(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"obs_types entries \['Twist'\]"):
         load_node_params(bad)
     bad.write_text("policy:\n  ros__parameters:\n    inference_backend: tensorrt\n")
-    with pytest.raises(ConfigError, match="inference_backend must be 'torch' or 'onnxruntime'"):
+    with pytest.raises(ConfigError, match="inference_backend must be 'torch', 'onnxruntime' or 'auto'"):
         load_node_params(bad)
     with pytest.raises(ConfigError, match="no 'executor: ros__parameters:' section"):
         load_node_params(REPO / "config" / "pusht_sim.yaml", node="executor")

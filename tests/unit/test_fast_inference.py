@@ -254,6 +254,20 @@ def test_inference_options_are_checked() -> None:
         InferenceOptions(backend="onnxruntime", compile=True)
 
 
+def test_auto_backend_resolves_per_policy() -> None:
+    unet = DiffusionPolicy(tiny_policy_config(LOW_DIM, 2))
+    unet.configure_inference(InferenceOptions(backend="auto"))
+    assert unet.inference_options.backend == "onnxruntime"
+    unet.configure_inference(InferenceOptions(fast=False, backend="auto"))
+    assert unet.inference_options.backend == "torch"
+    cfg = tiny_policy_config(LOW_DIM, 2, denoiser="transformer", transformer=TransformerConfig(n_layer=1, n_head=2, n_emb=16))
+    transformer = DiffusionPolicy(cfg)
+    transformer.configure_inference(InferenceOptions(backend="auto"))
+    assert transformer.inference_options.backend == "torch"
+    with pytest.raises(ValueError, match="diffusion UNet"):
+        transformer.configure_inference(InferenceOptions(backend="onnxruntime"))
+
+
 def test_runner_warmup_leaves_no_state() -> None:
     cfg = tiny_policy_config(IMAGE, 2)
     runner = PolicyRunner(DiffusionPolicy(cfg), dt=0.1, seed=0)

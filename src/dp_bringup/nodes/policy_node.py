@@ -54,7 +54,8 @@ class PolicyNode(Node):
         cfg = policy.cfg
         used = used_observations(p, cfg.shape_meta)
         runner = PolicyRunner(policy, dt=self.dt, warm_start=p.warm_start, inference=p.inference_options())
-        self.get_logger().info(f"warm-up inference: {runner.warmup():.2f} s")
+        self.get_logger().info(f"warm-up inference ({policy.device}, {policy.inference_options.backend} backend, "
+                               f"{'fast' if policy.uses_fast_path else 'reference'} path): {runner.warmup():.2f} s")
         self.loop = PolicyLoop(runner, self.dt, max_age)
         for key, topic in zip(keys, topics):
             if key not in used:

@@ -33,7 +33,7 @@ class PolicyNodeParams:
     fast_inference: bool = True  # False: the reference sampling path
     inference_precision: str = "fp32"  # bf16: autocast on CUDA
     cuda_graph: bool = True  # capture noise-free sampling on CUDA
-    inference_backend: str = "torch"  # onnxruntime: the UNet step in ONNX Runtime (CPU only)
+    inference_backend: str = "auto"  # torch | onnxruntime (the UNet step in ONNX Runtime, CPU) | auto: ORT on a CPU
 
     def inference_options(self) -> InferenceOptions:
         return InferenceOptions(fast=self.fast_inference, precision=self.inference_precision, cuda_graph=self.cuda_graph,
@@ -49,8 +49,8 @@ class PolicyNodeParams:
             raise ConfigError(f"obs_types entries {bad} are not among {list(OBS_TYPES)}")
         if self.inference_precision not in ("fp32", "bf16"):
             raise ConfigError(f"inference_precision must be 'fp32' or 'bf16'; got {self.inference_precision!r}")
-        if self.inference_backend not in ("torch", "onnxruntime"):
-            raise ConfigError(f"inference_backend must be 'torch' or 'onnxruntime'; got {self.inference_backend!r}")
+        if self.inference_backend not in ("torch", "onnxruntime", "auto"):
+            raise ConfigError(f"inference_backend must be 'torch', 'onnxruntime' or 'auto'; got {self.inference_backend!r}")
         if self.rate_hz <= 0 or self.dt <= 0 or self.max_obs_age_s <= 0:
             raise ConfigError(f"rate_hz, dt and max_obs_age_s must be > 0; got {self.rate_hz}, {self.dt}, {self.max_obs_age_s}")
 
