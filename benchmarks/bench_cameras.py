@@ -39,8 +39,8 @@ from dp_core.config import ObsSpec, load_config
 from dp_core.policy import DiffusionPolicy
 
 
-def camera_policy(path: Path, cameras: int) -> list[str]:
-    """A random-weight image policy reading ``cameras`` cameras; returns its camera observation keys."""
+def camera_policy(path: Path, cameras: int) -> tuple[list[str], int]:
+    """A random-weight image policy reading ``cameras`` cameras; returns its camera keys and To."""
     cfg = load_config(REPO / "config" / "pusht_image_unet_small.yaml").policy
     obs = {k: v for k, v in cfg.shape_meta.obs.items() if v.type != "rgb"}
     keys = [f"image_{i}" for i in range(cameras)]
@@ -51,7 +51,7 @@ def camera_policy(path: Path, cameras: int) -> list[str]:
     rng = np.random.default_rng(0)
     policy.normalizer.fit({"agent_pos": rng.uniform(0, 512, (100, 2))}, rng.uniform(0, 512, (100, 2)))
     save_policy(policy, path)
-    return keys
+    return keys, cfg.n_obs_steps
 
 
 def parameter_file(path: Path, keys: list[str], episode_s: float, bag_topics: list[str]) -> None:
@@ -83,7 +83,7 @@ def main() -> int:
         parser.error("--cameras must be >= 1")
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_cameras_"))
     work.mkdir(parents=True, exist_ok=True)
-    keys = camera_policy(work / "policy.safetensors", args.cameras)
+    keys, n_obs_steps = camera_policy(work / "policy.safetensors", args.cameras)
     cams = [f"/camera_{i}/color/image_raw" for i in range(args.cameras)]
     parameter_file(work / "params.yaml", keys, args.episode_s,
                    [*cams, "/robot/tcp_pose", "/robot/servo_target", "/policy/action_chunk", "/diagnostics"])
@@ -109,10 +109,11 @@ def main() -> int:
             "cameras": args.cameras, "camera_rate_hz": rate, "episode_s": args.episode_s, "loadavg": os.getloadavg(),
             "policy": "pusht_image_unet_small with one ResNet per camera, random weights, CPU",
             "per_camera": [camera_timing(reader, t, rate) for t in cams],
-            "executor": command_timing(reader, "/robot/servo_target", 0.1),
+            "executor": command_timing(reader, "/robot/servo_target",
+                                       float(params["action_executor"]["ros__parameters"]["lead_time_s"])),
         }
         if args.cameras > 1:
-            report["sync"] = camera_sync(reader, cams, "/policy/action_chunk", 2, float(policy["dt"]))
+            report["sync"] = camera_sync(reader, cams, "/policy/action_chunk", n_obs_steps, float(policy["dt"]))
     text = json.dumps(report, indent=1)
     print(text)
     if args.output:
