@@ -19,6 +19,7 @@ action units (``tests/unit/test_fast_inference.py``); bf16 is looser (about 1e-2
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,13 +82,15 @@ class _Graph:
 class FastSampler:
     """Samples normalised action chunks for ``policy`` on the fast path."""
 
-    def __init__(self, policy: DiffusionPolicy, options: InferenceOptions) -> None:
+    def __init__(self, policy: DiffusionPolicy, options: InferenceOptions, ort_fallback: bool = False) -> None:
+        """``ort_fallback``: if the ONNX Runtime step cannot be built, warn and sample with torch (backend auto)."""
         self.policy = policy
         self.options = options
+        self.ort_fallback = ort_fallback
         self.unet = FastUnet1D(policy.denoiser) if isinstance(policy.denoiser, ConditionalUnet1D) else None
         self._condition = self._unet_step = None  # per-chunk FiLM conditioning and the per-step network
         if self.unet is not None:
-            self._condition, self._unet_step = (lambda t, cond, _: self.unet.condition(t, cond)), self.unet.step
+            self._use_torch_step()
             if options.backend == "onnxruntime":
                 ort = OrtUnetStep(self.unet)
                 self._condition, self._unet_step = ort.condition, ort
@@ -97,6 +100,21 @@ class FastSampler:
         self._graphs: dict[tuple, _Graph] = {}
         self._channels_last_done = False
         self._graph_failed = False
+
+    def _use_torch_step(self) -> None:
+        self._condition, self._unet_step = (lambda t, cond, _: self.unet.condition(t, cond)), self.unet.step
+
+    def _films(self, plan: SamplingPlan, cond: torch.Tensor, x: torch.Tensor) -> list:
+        try:
+            return self._condition(plan.timesteps, cond, x)
+        except Exception as exc:  # the export or session of the ONNX Runtime step failed
+            if not (self.ort_fallback and isinstance(self._unet_step, OrtUnetStep)):
+                raise
+            warnings.warn(f"ONNX Runtime backend unavailable for this policy, sampling with torch: {exc!r}",
+                          RuntimeWarning, stacklevel=2)
+            self._use_torch_step()
+            self.options = self.policy.inference_options = dataclasses.replace(self.options, backend="torch")
+            return self._condition(plan.timesteps, cond, x)
 
     @staticmethod
     def supported(policy: DiffusionPolicy) -> bool:
@@ -120,7 +138,7 @@ class FastSampler:
 
     def _denoise(self, plan: SamplingPlan, x: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         if self.unet is not None:
-            films = self._condition(plan.timesteps, cond, x)
+            films = self._films(plan, cond, x)
             for i in range(len(plan)):
                 x = plan.step(i, self._unet_step(x, films[i]), x, generator)
             return x

@@ -68,7 +68,8 @@ class DiffusionPolicy(nn.Module):
     def configure_inference(self, options: InferenceOptions) -> None:
         """Choose the sampling path (fast or reference) and its options (``backend: auto`` is resolved here)."""
         unet = self.cfg.denoiser == "unet" and self.cfg.kind == "diffusion"
-        if options.backend == "auto":
+        auto = options.backend == "auto"
+        if auto:
             ort = options.fast and unet and self.device.type == "cpu" and onnxruntime_available()
             options = dataclasses.replace(options, backend="onnxruntime" if ort else "torch")
         if options.backend == "onnxruntime":
@@ -79,7 +80,7 @@ class DiffusionPolicy(nn.Module):
             if not onnxruntime_available():
                 raise ValueError("inference backend 'onnxruntime' needs the onnxruntime package (requirements/core.txt)")
         self.inference_options = options
-        self._fast = FastSampler(self, options) if options.fast and FastSampler.supported(self) else None
+        self._fast = FastSampler(self, options, ort_fallback=auto) if options.fast and FastSampler.supported(self) else None
 
     @property
     def uses_fast_path(self) -> bool:

@@ -268,6 +268,24 @@ def test_auto_backend_resolves_per_policy() -> None:
         transformer.configure_inference(InferenceOptions(backend="onnxruntime"))
 
 
+def test_auto_backend_falls_back_to_torch_when_the_export_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dp_core.ort_step import OrtUnetStep
+
+    def broken(*_):
+        raise RuntimeError("exporter refused")
+
+    monkeypatch.setattr(OrtUnetStep, "_build", broken)
+    cfg = tiny_policy_config(LOW_DIM, 2, unet=UnetConfig(down_dims=[16, 32], step_embed_dim=16))
+    fast, ref = _policies(cfg)
+    fast.configure_inference(InferenceOptions(backend="onnxruntime"))
+    with pytest.raises(RuntimeError, match="exporter refused"):
+        fast.predict_action(_obs(cfg), num_inference_steps=4)
+    fast.configure_inference(InferenceOptions(backend="auto"))
+    with pytest.warns(RuntimeWarning, match="sampling with torch"):
+        _assert_paths_agree(fast, ref, _obs(cfg), num_inference_steps=4)
+    assert fast.inference_options.backend == "torch"
+
+
 def test_runner_warmup_leaves_no_state() -> None:
     cfg = tiny_policy_config(IMAGE, 2)
     runner = PolicyRunner(DiffusionPolicy(cfg), dt=0.1, seed=0)
