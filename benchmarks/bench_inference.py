@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import replace
@@ -30,11 +29,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # time this checkout's code, whatever is installed
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/machine.py
 
 from dp_core.checkpoint import resolve_device
 from dp_core.config import ObsSpec, PolicyConfig, load_config
 from dp_core.fast_inference import InferenceOptions
 from dp_core.policy import DiffusionPolicy, shift_chunk
+from machine import cpu_model
 
 SETTINGS = {"ddpm100": ("ddpm", 100, False), "ddim16": ("ddim", 16, False), "ddim8": ("ddim", 8, False),
             "ddim4": ("ddim", 4, False), "warm": ("ddim", 16, True)}
@@ -126,16 +127,6 @@ def rows(matrix: str, presets: list[str] | None, cameras: list[int], sizes: list
             for size in sizes if image else [None]:
                 out.extend((preset, n, size, s) for s in settings)
     return out
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_average() -> list[float] | None:

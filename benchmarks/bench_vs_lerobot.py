@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +32,10 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 WORKERS = Path(__file__).resolve().parent / "vs_lerobot"
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/machine.py
 
 from dp_core.config import ConfigError, load_config
+from machine import cpu_model
 
 LEROBOT_GROUP_NORM_CHANNELS = 16  # LeRobot: GroupNorm(num_features // 16) in the ResNet
 
@@ -140,16 +141,6 @@ COMMON_NOTES = [
     ("CUDA: both sides train with TF32 matrix products and cuDNN autotuning (LeRobot's train and eval scripts "
      "set them; our Trainer's allow_tf32 default); our fp32 inference runs without TF32"),
 ]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def summarize_times(times: list[float]) -> dict:
@@ -305,7 +296,7 @@ def main() -> None:
         "meta": {
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "started_utc": started.isoformat(timespec="seconds"),
-            "device": args.device, "gpu": gpu_name, "cpu": cpu_name(),
+            "device": args.device, "gpu": gpu_name, "cpu": cpu_model(),
             "cpu_count": os.cpu_count(), "threads": args.threads,
             "loadavg_start": [round(x, 2) for x in load_start],
             "loadavg_end": [round(x, 2) for x in os.getloadavg()],
