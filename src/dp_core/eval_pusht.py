@@ -91,7 +91,7 @@ def evaluate(
     needs_image = bool(policy.cfg.shape_meta.rgb_keys)
     env = PushTEnv(PushTConfig(max_steps=max_steps, render_size=96 if needs_image else 0))
     runner = PolicyRunner(policy, dt=1.0 / env.config.control_hz, warm_start=warm_start, seed=seed, inference=inference)
-    warmup_s = runner.warmup()  # graph capture or export happen here, not in the first episode's latencies
+    warmup_s = runner.warmup()  # graph capture or the ONNX Runtime graph happen here, not in the first episode's latencies
     results, latencies = [], []
     bar = tqdm(range(episodes), desc="Push-T eval", disable=not progress, dynamic_ncols=True)
     for i in bar:

@@ -50,8 +50,8 @@ class InferenceOptions:
     (leave it off for a policy that is being trained).
     ``compile``: the UNet's denoising step through ``torch.compile`` (inductor fuses its many small
     operators; compiling takes minutes on first use, so it is off by default).
-    ``backend``: ``onnxruntime`` runs the UNet's denoising step in ONNX Runtime (CPU only; exported
-    on first use, seconds), :mod:`dp_core.ort_step`; ``auto`` picks it for a UNet policy on the CPU
+    ``backend``: ``onnxruntime`` runs the UNet's denoising step in ONNX Runtime (CPU only; the graph is
+    written from the weights on first use, well under a second), :mod:`dp_core.ort_step`; ``auto`` picks it for a UNet policy on the CPU
     when onnxruntime is installed, else ``torch``.
     """
 
@@ -107,7 +107,7 @@ class FastSampler:
     def _films(self, plan: SamplingPlan, cond: torch.Tensor, x: torch.Tensor) -> list:
         try:
             return self._condition(plan.timesteps, cond, x)
-        except Exception as exc:  # the export or session of the ONNX Runtime step failed
+        except Exception as exc:  # building the ONNX Runtime step failed
             if not (self.ort_fallback and isinstance(self._unet_step, OrtUnetStep)):
                 raise
             warnings.warn(f"ONNX Runtime backend unavailable for this policy, sampling with torch: {exc!r}",

@@ -1,13 +1,22 @@
-"""The UNet's denoising step through ONNX Runtime, for CPU inference.
+"""The UNet's denoising step as an ONNX Runtime graph, for CPU inference.
 
 A denoising step of the small UNets is a few hundred small operators; in eager PyTorch on a
-CPU most of its time is per-operator dispatch. :class:`OrtUnetStep` exports
-:meth:`FastUnet1D.step <dp_core.models.unet1d_fast.FastUnet1D.step>` (time-major products, the
-FiLM conditioning as inputs) once per input shape with ``torch.onnx.export`` and runs it in an
-ONNX Runtime session, which executes the same graph with far less overhead per operator.
+CPU most of its time is per-operator dispatch. :class:`OrtUnetStep` writes the step of a
+:class:`~dp_core.models.unet1d.ConditionalUnet1D` directly as an ONNX graph (no tracing or
+export: built from the module's weights in well under a second) and runs it in an ONNX
+Runtime session. The graph is laid out for ONNX Runtime's CPU kernels:
 
-The weights are baked into the exported graph: a session is rebuilt when a parameter changes
-(new storage or an in-place update such as ``load_state_dict``). Outputs equal the PyTorch step
+* activations channel-major ``(C, T)`` for one chunk, so that group norm is one
+  ``InstanceNormalization`` between two free reshapes;
+* a convolution is an im2col as a product with a constant 0/1 matrix (padding and stride
+  included), then one ``Gemm`` in the orientation its CPU kernel is fastest at for a few time
+  steps (time-major output rows), then one transpose back;
+* the FiLM conditioning of every block (computed per chunk, for all steps at once, by
+  :meth:`FastUnet1D.condition <dp_core.models.unet1d_fast.FastUnet1D.condition>`) is one input
+  column, split inside the graph.
+
+The weights are baked into the graph: a session is rebuilt when a parameter changes (new
+storage or an in-place update such as ``load_state_dict``). Outputs equal the PyTorch step
 within float rounding (tested to 1e-4 in normalised action units over whole chunks).
 """
 
@@ -16,11 +25,16 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import torch
+from torch import nn
 
+from .models.unet1d import FiLMResBlock
 from .models.unet1d_fast import FastUnet1D
 
 log = logging.getLogger(__name__)
+
+OPSET = 20
 
 
 def onnxruntime_available() -> bool:
@@ -31,21 +45,173 @@ def onnxruntime_available() -> bool:
     return True
 
 
-class _Step(torch.nn.Module):
-    """``FastUnet1D.step`` with the FiLM ``(scale, bias)`` pairs as flat positional inputs."""
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy()
+
+
+class _Graph:
+    """Minimal ONNX graph writer: one output per node, initialisers from numpy arrays."""
+
+    def __init__(self) -> None:
+        from onnx import helper, numpy_helper
+
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.nodes: list = []
+        self.inits: list = []
+        self._n = 0
+
+    def _name(self, prefix: str) -> str:
+        self._n += 1
+        return f"{prefix}{self._n}"
+
+    def const(self, value: np.ndarray) -> str:
+        name = self._name("c")
+        self.inits.append(self.numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def shape(self, *dims: int) -> str:
+        return self.const(np.array(dims, dtype=np.int64))
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, name: str | None = None, **attrs) -> str | list[str]:
+        names = [name] if name else [self._name("v") for _ in range(outputs)]
+        self.nodes.append(self.helper.make_node(op_type, list(inputs), names, **attrs))
+        return names[0] if outputs == 1 else names
+
+
+class _StepWriter:
+    """Writes ``FastUnet1D.step`` for one sample of ``horizon`` steps as ONNX nodes."""
 
     def __init__(self, unet: FastUnet1D) -> None:
-        super().__init__()
-        self.fast = unet
-        self.module = unet.unet  # registers the weights, so that the export sees them as parameters
+        self.unet = unet
+        self.g = _Graph()
+        self.one = self.g.const(np.ones(1, np.float32))
 
-    def forward(self, x: torch.Tensor, *films: torch.Tensor) -> torch.Tensor:
-        pairs = [(films[i], films[i + 1]) for i in range(0, len(films), 2)]
-        return self.fast.step(x, pairs)
+    # --- layers on channel-major (C, T) values --------------------------------------------
+    def conv(self, x: str, t: int, conv: nn.Conv1d) -> tuple[str, int]:
+        """``conv(x)``; returns the time-major ``(T_out, C_out)`` result and ``T_out``."""
+        g = self.g
+        k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+        c_in, c_out = conv.in_channels, conv.out_channels
+        weight = g.const(_np(conv.weight).reshape(c_out, c_in * k))  # columns (c, j)
+        bias = g.const(_np(conv.bias))
+        t_out = (t + 2 * p - k) // s + 1
+        if not (k == 1 and s == 1 and p == 0):
+            select = np.zeros((t, k * t_out), dtype=np.float32)  # column j * T_out + u reads x[u * s + j - p]
+            for j in range(k):
+                for u in range(t_out):
+                    src = u * s + j - p
+                    if 0 <= src < t:
+                        select[src, j * t_out + u] = 1.0
+            x = g.op("MatMul", x, g.const(select))  # (1, C_in, k * T_out)
+        x = g.op("Reshape", x, g.shape(c_in * k, t_out))  # rows (c, j)
+        return g.op("Gemm", x, weight, bias, transA=1, transB=1), t_out
+
+    def conv_cm(self, x: str, t: int, conv: nn.Conv1d) -> tuple[str, int]:
+        y, t_out = self.conv(x, t, conv)
+        return self.g.op("Transpose", y, perm=[1, 0]), t_out
+
+    def conv_transpose(self, x: str, t: int, conv: nn.ConvTranspose1d) -> tuple[str, int]:
+        """Transposed convolution, channel-major in and out."""
+        g = self.g
+        k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+        c_out = conv.out_channels
+        t_out = (t - 1) * s - 2 * p + k
+        weight = _np(conv.weight).transpose(1, 2, 0).reshape(c_out * k, conv.in_channels)  # rows (o, j)
+        z = g.op("MatMul", g.const(weight), x)  # (1, C_out * k, T)
+        z = g.op("Reshape", z, g.shape(1, c_out, k * t))  # columns (j, t)
+        scatter = np.zeros((k * t, t_out), dtype=np.float32)  # x[t] through tap j lands on t * s + j - p
+        for j in range(k):
+            for u in range(t):
+                dst = u * s + j - p
+                if 0 <= dst < t_out:
+                    scatter[j * t + u, dst] = 1.0
+        y = g.op("MatMul", z, g.const(scatter))
+        return g.op("Add", y, g.const(_np(conv.bias)[:, None])), t_out
+
+    def norm_mish(self, y_tm: str, t: int, norm: nn.GroupNorm) -> str:
+        """``mish(group_norm(y))`` of a time-major ``(T, C)`` value; returns channel-major."""
+        g = self.g
+        c, groups = norm.num_channels, norm.num_groups
+        x = g.op("Transpose", y_tm, perm=[1, 0])
+        x = g.op("Reshape", x, g.shape(1, groups, (c // groups) * t))
+        x = g.op("InstanceNormalization", x, g.const(np.ones(groups, np.float32)),
+                 g.const(np.zeros(groups, np.float32)), epsilon=float(norm.eps))
+        x = g.op("Reshape", x, g.shape(1, c, t))
+        x = self.affine(x, g.const(_np(norm.weight)), g.const(_np(norm.bias)), c)
+        # mish(x) = x tanh(log(1 + e^x)): ONNX Runtime's Softplus kernel is ~5x slower than these three.
+        # e^x overflows to inf for x > 88, and then tanh(inf) = 1, as it should be.
+        softplus = g.op("Log", g.op("Add", g.op("Exp", x), self.one))
+        return g.op("Mul", x, g.op("Tanh", softplus))
+
+    def affine(self, x: str, scale: str, bias: str, c: int) -> str:
+        """``scale * x + bias`` per channel of ``x`` ``(1, C, T)``, as one inference-mode batch norm."""
+        g = self.g
+        return g.op("BatchNormalization", x, scale, bias, g.const(np.zeros(c, np.float32)),
+                    g.const(np.ones(c, np.float32)), epsilon=0.0)
+
+    def res(self, block: FiLMResBlock, x: str, t: int, scale: str, bias: str) -> str:
+        conv1, norm1, _ = block.block1
+        conv2, norm2, _ = block.block2
+        h = self.norm_mish(self.conv(x, t, conv1)[0], t, norm1)
+        h = self.affine(h, scale, bias, conv1.out_channels)
+        h = self.norm_mish(self.conv(h, t, conv2)[0], t, norm2)
+        skip = x if isinstance(block.skip, nn.Identity) else self.conv_cm(x, t, block.skip)[0]
+        return self.g.op("Add", h, skip)
+
+    # --- the step ---------------------------------------------------------------------------
+    def write(self, horizon: int, action_dim: int):
+        from onnx import TensorProto
+
+        g, fast = self.g, self.unet
+        unet = fast.unet
+        sizes = [n for block in fast.blocks for n in (block.block2[0].out_channels,) * 2]
+        films = g.op("Split", "film", g.const(np.array(sizes, np.int64)), outputs=len(sizes), axis=0)
+        film = [(films[2 * i], films[2 * i + 1]) for i in range(len(fast.blocks))]
+        x = g.op("Transpose", "x", perm=[0, 2, 1])
+        t, i, skips = horizon, 0, []
+        for _, _, down in unet.down:
+            x = self.res(fast.blocks[i + 1], self.res(fast.blocks[i], x, t, *film[i]), t, *film[i + 1])
+            i += 2
+            skips.append((x, t))
+            if not isinstance(down, nn.Identity):
+                x, t = self.conv_cm(x, t, down)
+        for _ in unet.mid:
+            x = self.res(fast.blocks[i], x, t, *film[i])
+            i += 1
+        for _, _, up in unet.up:
+            skip, t_skip = skips.pop()
+            if t_skip != t:
+                raise ValueError(f"horizon {horizon} does not survive the UNet's down/up sampling")
+            x = g.op("Concat", x, skip, axis=1)
+            x = self.res(fast.blocks[i + 1], self.res(fast.blocks[i], x, t, *film[i]), t, *film[i + 1])
+            i += 2
+            x, t = self.conv_transpose(x, t, up)
+        (conv, norm, _), head_out = unet.head
+        x = self.norm_mish(self.conv(x, t, conv)[0], t, norm)
+        y, _ = self.conv(x, t, head_out)
+        g.op("Reshape", y, g.shape(1, horizon, action_dim), name="eps")
+        h = g.helper
+        graph = h.make_graph(
+            g.nodes, "unet_step",
+            [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, horizon, action_dim]),
+             h.make_tensor_value_info("film", TensorProto.FLOAT, [sum(sizes)])],
+            [h.make_tensor_value_info("eps", TensorProto.FLOAT, [1, horizon, action_dim])],
+            g.inits,
+        )
+        return h.make_model(graph, opset_imports=[h.make_opsetid("", OPSET)], producer_name="dp_core")
+
+
+def unet_step_model(unet: FastUnet1D, horizon: int, action_dim: int):
+    """The ONNX model of one denoising step for one sample: inputs ``x`` ``(1, T, A)`` and ``film``
+    (the FiLM ``scale, bias`` of every block, concatenated, as a column); output ``eps``."""
+    return _StepWriter(unet).write(horizon, action_dim)
 
 
 class OrtUnetStep:
-    """``condition`` and ``step`` of a :class:`FastUnet1D`, the step run by ONNX Runtime (CPU tensors only)."""
+    """``condition`` and ``step`` of a :class:`FastUnet1D`, the step run by ONNX Runtime (CPU tensors only).
+
+    A batch of several samples runs the single-sample graph once per sample.
+    """
 
     def __init__(self, unet: FastUnet1D, threads: int | None = None) -> None:
         import onnxruntime  # the optional dependency is needed only when this backend is chosen
@@ -53,43 +219,40 @@ class OrtUnetStep:
         self._ort = onnxruntime
         self.unet = unet
         self.threads = threads
-        self._sessions: dict[tuple, object] = {}
+        self._key: tuple | None = None
         self._session = None
 
     def _weights_key(self) -> tuple:
         return tuple((p.data_ptr(), p._version) for p in self.unet.unet.parameters())
 
-    def _build(self, x: torch.Tensor, flat: list[torch.Tensor]):
+    def _build(self, horizon: int, action_dim: int):
         start = time.perf_counter()
-        with torch.inference_mode(False), torch.no_grad():
-            args = tuple(t.clone() for t in (x, *flat))  # ordinary tensors: the exporter traces them
-            program = torch.onnx.export(_Step(self.unet).eval(), args, dynamo=True, optimize=True, verbose=False,
-                                        input_names=[f"in{i}" for i in range(len(args))], output_names=["eps"])
+        model = unet_step_model(self.unet, horizon, action_dim)
         options = self._ort.SessionOptions()
         options.intra_op_num_threads = self.threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        session = self._ort.InferenceSession(program.model_proto.SerializeToString(), options,
-                                             providers=["CPUExecutionProvider"])
-        log.info("UNet step exported to ONNX Runtime in %.1f s (input %s)", time.perf_counter() - start, tuple(x.shape))
+        session = self._ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        log.info("UNet step built for ONNX Runtime in %.2f s (horizon %d)", time.perf_counter() - start, horizon)
         return session
 
-    def condition(self, timesteps: torch.Tensor, global_cond: torch.Tensor, sample: torch.Tensor) -> list[dict]:
-        """Per step, the ONNX Runtime inputs of ``FastUnet1D.condition`` (converted once per chunk).
+    def condition(self, timesteps: torch.Tensor, global_cond: torch.Tensor, sample: torch.Tensor) -> list[list[np.ndarray]]:
+        """Per step, per sample, the ``film`` input of the graph (computed once per chunk).
 
-        Also picks the session for ``sample``'s shape and the current weights, exporting if needed.
+        Also picks the session for ``sample``'s horizon and the current weights, building it if needed.
         """
         if sample.device.type != "cpu":
             raise ValueError(f"the ONNX Runtime backend runs on the CPU; the policy is on {sample.device}")
-        steps = [[t.detach().contiguous() for pair in films for t in pair]
-                 for films in self.unet.condition(timesteps, global_cond)]
-        key = (tuple(sample.shape), tuple(tuple(t.shape) for t in steps[0]), sample.dtype, self._weights_key())
-        self._session = self._sessions.get(key)
-        if self._session is None:
-            self._sessions.clear()  # a stale graph holds old weights
-            self._session = self._sessions[key] = self._build(sample, steps[0])
-        return [{f"in{i + 1}": t.numpy() for i, t in enumerate(flat)} for flat in steps]
+        _, horizon, action_dim = sample.shape
+        key = (horizon, action_dim, self.threads, self._weights_key())
+        if key != self._key:
+            self._session, self._key = None, None  # a stale graph holds old weights
+            self._session, self._key = self._build(horizon, action_dim), key
+        table = self.unet.film_table(timesteps, global_cond).float()  # (K, B, F)
+        return [[np.ascontiguousarray(row.numpy()) for row in step] for step in table]
 
-    def __call__(self, x: torch.Tensor, feeds: dict) -> torch.Tensor:
-        """Predicted noise for ``x`` at the step whose inputs :meth:`condition` gave as ``feeds``."""
-        return torch.from_numpy(self._session.run(None, {"in0": x.detach().contiguous().numpy(), **feeds})[0])
+    def __call__(self, x: torch.Tensor, feeds: list[np.ndarray]) -> torch.Tensor:
+        """Predicted noise for ``x`` ``(B, T, A)`` at the step whose inputs :meth:`condition` gave as ``feeds``."""
+        xs = x.detach().float().contiguous().numpy()
+        out = [self._session.run(None, {"x": xs[b : b + 1], "film": film})[0] for b, film in enumerate(feeds)]
+        return torch.from_numpy(out[0] if len(out) == 1 else np.concatenate(out))

@@ -217,7 +217,7 @@ def test_cuda_graph_path_equals_reference(precision: str, tol: float, monkeypatc
 
 
 def test_onnxruntime_backend_equals_reference() -> None:
-    """The UNet step exported to ONNX Runtime: cold DDIM, warm start and an image policy agree with the reference."""
+    """The UNet step as an ONNX Runtime graph: cold DDIM, warm start and an image policy agree with the reference."""
     cfg = tiny_policy_config(LOW_DIM, 2, unet=UnetConfig(down_dims=[16, 32, 64], step_embed_dim=16))
     fast, ref = _policies(cfg)
     fast.configure_inference(InferenceOptions(backend="onnxruntime"))
@@ -233,7 +233,7 @@ def test_onnxruntime_backend_equals_reference() -> None:
 
 
 def test_onnxruntime_backend_follows_new_weights() -> None:
-    """Weights are baked into the exported graph: loading new ones must rebuild it."""
+    """Weights are baked into the graph: loading new ones must rebuild it."""
     cfg = tiny_policy_config(LOW_DIM, 2, unet=UnetConfig(down_dims=[16, 32], step_embed_dim=16))
     fast, ref = _policies(cfg)
     fast.configure_inference(InferenceOptions(backend="onnxruntime"))
@@ -245,6 +245,28 @@ def test_onnxruntime_backend_follows_new_weights() -> None:
     fast.load_state_dict(other, strict=False)
     ref.load_state_dict(other, strict=False)
     _assert_paths_agree(fast, ref, obs, num_inference_steps=4)
+
+
+def test_onnxruntime_step_equals_torch_step_at_extreme_activations() -> None:
+    """The graph's Mish (x tanh(log(1 + e^x))) stays finite and exact where e^x overflows or underflows."""
+    from dp_core.ort_step import OrtUnetStep
+
+    torch.manual_seed(0)
+    unet = ConditionalUnet1D(action_dim=3, cond_dim=6, down_dims=[16, 32, 64], step_embed_dim=16)
+    with torch.no_grad():
+        for m in unet.modules():
+            if isinstance(m, torch.nn.GroupNorm):  # group-norm outputs far beyond +-88
+                m.weight.mul_(60.0)
+                m.bias.uniform_(-120.0, 120.0)
+    fast = FastUnet1D(unet)
+    ort = OrtUnetStep(fast, threads=1)
+    x, cond, t = torch.randn(2, 16, 3), torch.randn(2, 6), torch.tensor([90, 40, 3])
+    with torch.inference_mode():
+        feeds, films = ort.condition(t, cond, x), fast.condition(t, cond)
+        for i in range(len(t)):
+            want, got = fast.step(x, films[i]), ort(x, feeds[i])
+            assert torch.isfinite(got).all()
+            assert ((got - want).abs() / want.abs().clamp_min(1.0)).max().item() < 1e-4
 
 
 def test_inference_options_are_checked() -> None:
@@ -268,17 +290,17 @@ def test_auto_backend_resolves_per_policy() -> None:
         transformer.configure_inference(InferenceOptions(backend="onnxruntime"))
 
 
-def test_auto_backend_falls_back_to_torch_when_the_export_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_backend_falls_back_to_torch_when_the_graph_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     from dp_core.ort_step import OrtUnetStep
 
     def broken(*_):
-        raise RuntimeError("exporter refused")
+        raise RuntimeError("graph refused")
 
     monkeypatch.setattr(OrtUnetStep, "_build", broken)
     cfg = tiny_policy_config(LOW_DIM, 2, unet=UnetConfig(down_dims=[16, 32], step_embed_dim=16))
     fast, ref = _policies(cfg)
     fast.configure_inference(InferenceOptions(backend="onnxruntime"))
-    with pytest.raises(RuntimeError, match="exporter refused"):
+    with pytest.raises(RuntimeError, match="graph refused"):
         fast.predict_action(_obs(cfg), num_inference_steps=4)
     fast.configure_inference(InferenceOptions(backend="auto"))
     with pytest.warns(RuntimeWarning, match="sampling with torch"):

@@ -79,16 +79,24 @@ class FastUnet1D:
                 if not ok:
                     raise ValueError(f"FastUnet1D does not support {conv}")
 
-    def condition(self, timesteps: torch.Tensor, global_cond: torch.Tensor) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-        """FiLM ``(scale, bias)`` of every block, ``(B, 1, C)`` each, for each of ``timesteps`` (K,)."""
+    def film_table(self, timesteps: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
+        """FiLM ``scale, bias`` of every block, concatenated: ``(K, B, F)`` for the ``K`` ``timesteps``.
+
+        All blocks read the same ``mish(cond)``, so their linear layers run as one product.
+        """
         k, b = timesteps.shape[0], global_cond.shape[0]
         emb = self.unet.step_embed(timesteps)  # (K, E)
         cond = torch.cat([emb[:, None].expand(k, b, -1), global_cond[None].expand(k, -1, -1)], dim=-1)
-        per_block = []
-        for block in self.blocks:
-            scale, bias = block.film(cond).unsqueeze(2).chunk(2, dim=-1)  # (K, B, 1, C) each
-            per_block.append((scale.unbind(0), bias.unbind(0)))
-        return [[(scale[i], bias[i]) for scale, bias in per_block] for i in range(k)]
+        linears = [block.film[1] for block in self.blocks]
+        weight = torch.cat([lin.weight for lin in linears])
+        bias = torch.cat([lin.bias for lin in linears])
+        return F.linear(F.mish(cond), weight, bias)
+
+    def condition(self, timesteps: torch.Tensor, global_cond: torch.Tensor) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """FiLM ``(scale, bias)`` of every block, ``(B, 1, C)`` each, for each of ``timesteps`` (K,)."""
+        sizes = [block.block2[0].out_channels for block in self.blocks for _ in range(2)]
+        parts = [p.unsqueeze(2).unbind(0) for p in self.film_table(timesteps, global_cond).split(sizes, dim=-1)]
+        return [[(parts[2 * j][i], parts[2 * j + 1][i]) for j in range(len(self.blocks))] for i in range(len(timesteps))]
 
     def _res(self, block: FiLMResBlock, x: torch.Tensor, film: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         conv1, norm1, _ = block.block1
