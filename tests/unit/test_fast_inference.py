@@ -214,6 +214,14 @@ def test_cuda_graph_path_equals_reference(precision: str, tol: float, monkeypatc
         norm = fast.normalizer.action
         assert (norm(a) - norm(b)).abs().max().item() < tol
     assert fast._fast._graphs
+    # New weights loaded in place: the replayed graph (and the bf16 copy of the UNet) must follow them.
+    torch.manual_seed(11)
+    other = {k: v for k, v in DiffusionPolicy(cfg).state_dict().items() if "normalizer" not in k}
+    fast.load_state_dict(other, strict=False)
+    ref.load_state_dict(other, strict=False)
+    a = fast.predict_action(obs, generator=torch.Generator("cuda").manual_seed(5), num_inference_steps=8)["action_pred"]
+    b = ref.predict_action(obs, generator=torch.Generator("cuda").manual_seed(5), num_inference_steps=8)["action_pred"]
+    assert (fast.normalizer.action(a) - fast.normalizer.action(b)).abs().max().item() < tol
 
 
 def test_onnxruntime_backend_equals_reference() -> None:
