@@ -8,6 +8,7 @@ clipping, AdamW, LR schedule, EMA) on a synthetic zarr dataset of the case's sha
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -68,9 +69,11 @@ class OursBench(Bench):
         cfg.train.batch_size = case["batch_size"]
         cfg.train.num_steps = 1_000_000
         cfg.train.mixed_precision = "bf16" if case["precision"] == "bf16" else "no"
+        cfg.train.cuda_graph = os.environ.get("DP_BENCH_TRAIN_CUDA_GRAPH") == "1"  # the ours-graph side
         self.trainer = Trainer(cfg)
         self.fn = self.trainer.train_step
-        return {"params": param_count(self.trainer.policy), "entry": "Trainer.train_step", "ema": True}
+        return {"params": param_count(self.trainer.policy), "entry": "Trainer.train_step", "ema": True,
+                "cuda_graph": self.trainer.graph_step is not None}
 
     def _runner_call(self) -> None:
         self.t += self.runner.dt

@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from .config import ConfigError, ExperimentConfig, load_config, to_dict
 from .dataset import DatasetError, WindowDataset, build_datasets
 from .fast_inference import InferenceOptions
 from .policy import DiffusionPolicy
+from .train_graph import GraphedTrainStep, make_capturable
 
 
 def _batch_items(n: int, batch_size: int, step: int, seed: int, rank: int, world: int) -> np.ndarray:
@@ -86,14 +88,22 @@ class Trainer:
         self.policy.configure_inference(InferenceOptions(cuda_graph=False, channels_last=False))
         self.model = DistributedDataParallel(self.policy) if self.distributed else self.policy
         t = cfg.train
+        graph = t.cuda_graph and device.type == "cuda"
+        if graph and (self.distributed or cfg.policy.denoiser != "unet"):
+            warnings.warn("train.cuda_graph: only single-process training of UNet policies is captured; "
+                          "training without graphs", RuntimeWarning, stacklevel=2)
+            graph = False
         # One fused kernel per parameter group (CPU and CUDA) instead of a loop over ~150 tensors.
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=t.lr, betas=tuple(t.betas),
                                            weight_decay=t.weight_decay, fused=True)
+        if graph:
+            make_capturable(self.optimizer, device)
         self.lr_scheduler = get_scheduler(t.lr_scheduler, self.optimizer, num_warmup_steps=t.lr_warmup_steps, num_training_steps=t.num_steps)
         self.ema = EMAModel(self.policy.parameters(), decay=t.ema_max_decay, use_ema_warmup=True, power=t.ema_power, inv_gamma=1.0, min_decay=0.0, foreach=True)
         self.step = 0
         bf16 = t.mixed_precision == "bf16" or (t.mixed_precision == "auto" and device.type == "cuda")
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        self.graph_step = GraphedTrainStep(self.policy, self.optimizer, t.grad_clip, torch.bfloat16 if bf16 else None) if graph else None
 
     # --- checkpoints -------------------------------------------------------------------
     def state(self) -> dict:
@@ -112,6 +122,8 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.ema.to(self.device)  # the training state is read onto the CPU
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.graph_step is not None:
+            make_capturable(self.optimizer, self.device)
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.step = int(state["step"])
 
@@ -137,24 +149,28 @@ class Trainer:
                 p.unlink()
 
     # --- loop ----------------------------------------------------------------------------
-    def _generator(self, step: int) -> torch.Generator:
+    def _generator(self, seed: int) -> torch.Generator:
         g = torch.Generator(device=self.device)
-        g.manual_seed(self.cfg.train.seed * 1_000_003 + step * 101 + self.rank)
+        g.manual_seed(seed)
         return g
 
     def train_step(self) -> float:
         t = self.cfg.train
         items = _batch_items(len(self.train_set), t.batch_size, self.step, t.seed, self.rank, self.world)
-        batch = _to_device(self.train_set.batch(items), self.device)
-        torch.manual_seed(t.seed * 1_000_003 + self.step * 101 + self.rank)  # dropout
+        seed = t.seed * 1_000_003 + self.step * 101 + self.rank
         self.model.train()
-        with self.autocast:
-            loss = self.model(batch, self._generator(self.step))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), t.grad_clip, foreach=True)
-        self.optimizer.step()
+        if self.graph_step is not None:
+            loss = self.graph_step(self.train_set.batch(items), seed, seed)
+        else:
+            batch = _to_device(self.train_set.batch(items), self.device)
+            torch.manual_seed(seed)  # dropout
+            with self.autocast:
+                loss = self.model(batch, self._generator(seed))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), t.grad_clip, foreach=True)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         self.lr_scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.ema.step(self.policy.parameters())
         self.step += 1
         return loss.item()

@@ -107,3 +107,38 @@ def test_cuda_training_run(image_dataset: Path, tmp_path: Path, precision: str) 
     obs = {"img": torch.randint(0, 255, (1, 2, 32, 32, 3), dtype=torch.uint8, device="cuda"),
            "agent": torch.randn(1, 2, 2, device="cuda")}
     assert torch.isfinite(policy.predict_action(obs)["action"]).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_cuda_graph_training_equals_eager(image_dataset: Path, tmp_path: Path, precision: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.cuda_graph replays the eager step: same random draws, losses and weights (TF32 off), and a
+    resume from its checkpoint continues like the eager run."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    runs = {}
+    for graph in (False, True):
+        cfg = _image_cfg(image_dataset, tmp_path / f"graph{graph}", device="cuda", mixed_precision=precision,
+                         num_steps=8, checkpoint_every=4, val_every=4, allow_tf32=False, cuda_graph=graph)
+        trainer = Trainer(cfg)
+        assert (trainer.graph_step is not None) == graph
+        losses = [trainer.train_step() for _ in range(4)]
+        trainer.checkpoint()
+        losses += [trainer.train_step() for _ in range(4)]
+        runs[graph] = (losses, trainer.policy.state_dict())
+    tol = 1e-4 if precision == "no" else 2e-2
+    (eager_losses, eager_w), (graph_losses, graph_w) = runs[False], runs[True]
+    assert max(abs(a - b) / max(abs(a), 1e-3) for a, b in zip(eager_losses, graph_losses)) < tol
+    assert all(torch.allclose(eager_w[k].float(), graph_w[k].float(), rtol=tol, atol=tol) for k in eager_w)
+    resumed = Trainer(_image_cfg(image_dataset, tmp_path / "graphTrue", device="cuda", mixed_precision=precision,
+                                 num_steps=8, checkpoint_every=4, val_every=4, allow_tf32=False, cuda_graph=True))
+    resumed.load(tmp_path / "graphTrue" / "checkpoints" / "train_00000004.pt")
+    again = [resumed.train_step() for _ in range(4)]
+    assert max(abs(a - b) / max(abs(a), 1e-3) for a, b in zip(graph_losses[4:], again)) < tol
+
+
+def test_cuda_graph_option_is_ignored_without_cuda(ramp_dataset: Path, tmp_path: Path) -> None:
+    trainer = Trainer(_cfg(ramp_dataset, tmp_path / "run", num_steps=2, cuda_graph=True, device="cpu"))
+    assert trainer.graph_step is None
+    assert all(torch.isfinite(torch.tensor([trainer.train_step() for _ in range(2)])))
