@@ -57,7 +57,7 @@ latency state --presets pusht_state_unet_small pusht_state_unet pusht_state_tran
 fi
 if [[ $steps == *" targets "* ]]; then
 step "latency, target rows"
-latency targets --presets pusht_image_unet --cameras 2 --image-sizes 96x96 --settings ddim16 warm \
+latency targets --presets pusht_image_unet --cameras 2 --image-sizes 96x96 --settings ddim16 \
   --paths reference fast fast-bf16 fast-bf16-compile
 fi
 if [[ $steps == *" compile "* ]]; then
