@@ -5,7 +5,8 @@
 
 Sides, each a worker process in its own environment, all on this machine in this run:
 ``ours`` (this venv), ``ours-torch29`` (our code on LeRobot's torch 2.9.1), ``lerobot``, and on
-request ``ours-graph`` (ours with ``train.cuda_graph``; training cases only).
+request ``ours-graph`` (ours with ``train.cuda_graph``; training cases only) and ``ours-compile``
+(ours with ``InferenceOptions(compile=True)``; inference cases only).
 Cases are built from our configs (``PRESET:CAMERAS:STEPS`` for inference, ``PRESET:CAMERAS:BATCH``
 for training); LeRobot gets the same sizes, random weights. The workers are timed in turns
 (A B C, C B A, ...) so that drift of a shared machine spreads over all sides.
@@ -42,6 +43,7 @@ LEROBOT_GROUP_NORM_CHANNELS = 16  # LeRobot: GroupNorm(num_features // 16) in th
 
 
 TRAIN_ONLY_SIDES = {"ours-graph": {"DP_BENCH_TRAIN_CUDA_GRAPH": "1"}}  # side -> environment of its worker
+INFER_ONLY_SIDES = {"ours-compile": {"DP_BENCH_INFER_COMPILE": "1"}}
 
 
 class Worker:
@@ -155,7 +157,8 @@ def summarize_times(times: list[float]) -> dict:
 
 
 def run_case(workers: list[Worker], case: dict, warmup: int, rounds: int, reps: int, bar: tqdm) -> dict:
-    workers = [w for w in workers if case["task"] == "train" or w.name not in TRAIN_ONLY_SIDES]
+    skip = TRAIN_ONLY_SIDES if case["task"] == "infer" else INFER_ONLY_SIDES
+    workers = [w for w in workers if w.name not in skip]
     infos = {w.name: w.ask(cmd="setup", case=case)["info"] for w in workers}
     times: dict[str, list[float]] = {w.name: [] for w in workers}
     try:
@@ -171,8 +174,7 @@ def run_case(workers: list[Worker], case: dict, warmup: int, rounds: int, reps: 
     results = {}
     for name, ts in times.items():
         row = {**summarize_times(ts), "params": infos[name]["params"], "entry": infos[name]["entry"]}
-        if "cuda_graph" in infos[name]:
-            row["cuda_graph"] = infos[name]["cuda_graph"]
+        row.update({k: infos[name][k] for k in ("cuda_graph", "compile") if k in infos[name]})
         if case["task"] == "train":
             row["samples_per_s"] = round(case["batch_size"] / (row["p50_ms"] / 1e3), 2)
         results[name] = row
@@ -205,7 +207,7 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=None, choices=["fp32", "bf16"],
                         help="training precisions (default: fp32 on CPU, fp32 and bf16 on CUDA)")
     parser.add_argument("--sides", nargs="+", default=["ours", "ours-torch29", "lerobot"],
-                        choices=["ours", "ours-torch29", "lerobot", "ours-graph"])
+                        choices=["ours", "ours-torch29", "lerobot", "ours-graph", "ours-compile"])
     parser.add_argument("--envs", default=str(REPO / ".bench-venvs"), help="folder made by setup_envs.sh")
     parser.add_argument("--python", nargs="+", default=[], metavar="SIDE=PATH",
                         help="interpreter of a side instead of --envs (ours: this interpreter), e.g. lerobot=/opt/lr/bin/python")
@@ -230,7 +232,7 @@ def main() -> None:
     if not gpu and "bf16" in precisions:
         raise SystemExit("bf16 training is only compared on CUDA")
 
-    pythons = {"ours": sys.executable, "ours-graph": sys.executable,
+    pythons = {"ours": sys.executable, "ours-graph": sys.executable, "ours-compile": sys.executable,
                "ours-torch29": str(Path(args.envs) / "ours-torch29" / "bin" / "python"),
                "lerobot": str(Path(args.envs) / "lerobot" / "bin" / "python")}
     for item in args.python:
@@ -266,12 +268,14 @@ def main() -> None:
     load_start = os.getloadavg()
     started = datetime.datetime.now(datetime.UTC)
     script = {"ours": "worker_ours.py", "ours-torch29": "worker_ours.py", "ours-graph": "worker_ours.py",
-              "lerobot": "worker_lerobot.py"}
-    workers = [Worker(side, pythons[side], script[side], args.threads, TRAIN_ONLY_SIDES.get(side)) for side in args.sides]
+              "ours-compile": "worker_ours.py", "lerobot": "worker_lerobot.py"}
+    extra_env = {**TRAIN_ONLY_SIDES, **INFER_ONLY_SIDES}
+    workers = [Worker(side, pythons[side], script[side], args.threads, extra_env.get(side)) for side in args.sides]
     out_cases = []
     sides_info: dict = {}
-    n_infer = len(workers) - len(TRAIN_ONLY_SIDES.keys() & set(args.sides))
-    total = sum(args.rounds * n_infer if c["task"] == "infer" else args.train_rounds * len(workers) for c in cases)
+    n_infer = len(set(args.sides) - TRAIN_ONLY_SIDES.keys())
+    n_train = len(set(args.sides) - INFER_ONLY_SIDES.keys())
+    total = sum(args.rounds * n_infer if c["task"] == "infer" else args.train_rounds * n_train for c in cases)
     try:
         with tqdm(total=total, desc="bench_vs_lerobot", file=sys.stderr) as bar:
             for case in cases:

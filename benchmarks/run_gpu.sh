@@ -10,7 +10,8 @@
 # (default: .bench-venvs/lerobot/bin/python from benchmarks/setup_envs.sh; SKIP_LEROBOT=1 leaves
 # step 3 out). STEPS picks steps (default "tests latency lerobot"; "compile" adds torch.compile rows,
 # minutes of compiling; "targets" is a short latency step: the issue's GPU target row on every path).
-# SIDES, INFER and TRAIN override bench_vs_lerobot's sides and cases (e.g. SIDES="ours ours-graph lerobot"). DEVICE (default cuda) and BUDGET_S (seconds per latency row, default 1) are
+# SIDES, INFER, TRAIN and PATHS override bench_vs_lerobot's sides, cases and paths (e.g. SIDES="ours ours-graph
+# lerobot"; an empty TRAIN runs no training case); TARGET_PATHS the paths of the targets step. DEVICE (default cuda) and BUDGET_S (seconds per latency row, default 1) are
 # for smoke runs; PYTEST_K selects tests (pytest -k). Writes OUT_DIR/{env.txt,tests.log,inference.json,inference.log,vs_lerobot.json,
 # vs_lerobot.log}; exits 1 if any step failed, after running all of them.
 set -uo pipefail
@@ -57,8 +58,9 @@ latency state --presets pusht_state_unet_small pusht_state_unet pusht_state_tran
 fi
 if [[ $steps == *" targets "* ]]; then
 step "latency, target rows"
+# shellcheck disable=SC2086  # a word list
 latency targets --presets pusht_image_unet --cameras 2 --image-sizes 96x96 --settings ddim16 \
-  --paths reference fast fast-bf16 fast-bf16-compile
+  --paths ${TARGET_PATHS-reference fast fast-bf16 fast-bf16-compile}
 fi
 if [[ $steps == *" compile "* ]]; then
 step "latency, torch.compile"
@@ -77,10 +79,10 @@ rm -f "${parts[@]}"
 if [[ $steps == *" lerobot "* && ${SKIP_LEROBOT:-0} != 1 ]]; then
   step "ours vs LeRobot"
   # shellcheck disable=SC2086  # word lists
-  "$py" benchmarks/bench_vs_lerobot.py --device "$device" --threads 0 --sides ${SIDES:-ours lerobot} \
-    --python "ours=$py" "ours-graph=$py" "lerobot=$lerobot_py" --paths e2e model \
-    --infer ${INFER:-pusht_image_unet:2:16 pusht_image_unet:1:16 pusht_image_unet_small:1:16 pusht_state_unet_small:0:16} \
-    --train ${TRAIN:-pusht_image_unet:2:64 pusht_image_unet_small:1:64 pusht_state_unet_small:0:256} \
+  "$py" benchmarks/bench_vs_lerobot.py --device "$device" --threads 0 --sides ${SIDES-ours lerobot} \
+    --python "ours=$py" "ours-graph=$py" "ours-compile=$py" "lerobot=$lerobot_py" --paths ${PATHS-e2e model} \
+    --infer ${INFER-pusht_image_unet:2:16 pusht_image_unet:1:16 pusht_image_unet_small:1:16 pusht_state_unet_small:0:16} \
+    --train ${TRAIN-pusht_image_unet:2:64 pusht_image_unet_small:1:64 pusht_state_unet_small:0:256} \
     --output "$out/vs_lerobot.json" > /dev/null 2> "$out/vs_lerobot.log" || status=1
   tail -n 2 "$out/vs_lerobot.log" >&2
 fi

@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from dp_core.config import load_config
 from dp_core.dataset import EpisodeStore
+from dp_core.fast_inference import InferenceOptions
 from dp_core.inference import PolicyRunner
 from dp_core.policy import DiffusionPolicy
 
@@ -47,6 +48,8 @@ class OursBench(Bench):
         cfg = load_config(REPO / "config" / f"{case['preset']}.yaml", case["overrides"])
         if case["task"] == "infer":
             self.policy = DiffusionPolicy(cfg.policy).to(self.device).eval()
+            compile_ = os.environ.get("DP_BENCH_INFER_COMPILE") == "1"  # the ours-compile side
+            self.policy.configure_inference(InferenceOptions(compile=compile_))
             obs = obs_history(case["model"])
             if case["path"] == "e2e":
                 self.runner = PolicyRunner(self.policy, warm_start=False)
@@ -55,7 +58,8 @@ class OursBench(Bench):
             else:
                 self.tensors = {k: torch.as_tensor(v)[None].to(self.device) for k, v in obs.items()}
                 self.fn = self._predict_call
-            return {"params": param_count(self.policy), "entry": "PolicyRunner.infer" if case["path"] == "e2e" else "DiffusionPolicy.predict_action"}
+            return {"params": param_count(self.policy), "compile": compile_,
+                    "entry": "PolicyRunner.infer" if case["path"] == "e2e" else "DiffusionPolicy.predict_action"}
         # dp_core.train imports tensorboard: only needed for training cases.
         from dp_core.train import Trainer
 
@@ -69,7 +73,7 @@ class OursBench(Bench):
         cfg.train.batch_size = case["batch_size"]
         cfg.train.num_steps = 1_000_000
         cfg.train.mixed_precision = "bf16" if case["precision"] == "bf16" else "no"
-        cfg.train.cuda_graph = os.environ.get("DP_BENCH_TRAIN_CUDA_GRAPH") == "1"  # the ours-graph side
+        cfg.train.cuda_graph = os.environ.get("DP_BENCH_TRAIN_CUDA_GRAPH") == "1"  # the ours-graph side, else eager
         self.trainer = Trainer(cfg)
         self.fn = self.trainer.train_step
         return {"params": param_count(self.trainer.policy), "entry": "Trainer.train_step", "ema": True,

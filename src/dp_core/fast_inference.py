@@ -206,6 +206,8 @@ class FastSampler:
             guess = policy.normalizer.action(warm_start.to(device).float()).clamp(-1.0, 1.0)
             x = policy.sampler.add_noise(guess, noise, plan.timesteps[:1])
         run = self._encode_and_denoise(plan, generator)
+        if self.unet is not None and self._unet_step == self._torch_step:
+            self._step_unet()  # refresh a bf16 copy of changed weights here: a replayed graph runs no Python
         # Graphs for the UNet only: the transformer's attention checks its masks on the host (a sync),
         # and an aborted capture leaves the CUDA generator unusable.
         if (device.type != "cuda" or not self.options.cuda_graph or plan.draws_noise or self._graph_failed

@@ -31,7 +31,7 @@ from .config import ConfigError, ExperimentConfig, load_config, to_dict
 from .dataset import DatasetError, WindowDataset, build_datasets
 from .fast_inference import InferenceOptions
 from .policy import DiffusionPolicy
-from .train_graph import GraphedTrainStep, make_capturable
+from .train_graph import GraphCaptureError, GraphedTrainStep, make_capturable
 
 
 def _batch_items(n: int, batch_size: int, step: int, seed: int, rank: int, world: int) -> np.ndarray:
@@ -159,9 +159,14 @@ class Trainer:
         items = _batch_items(len(self.train_set), t.batch_size, self.step, t.seed, self.rank, self.world)
         seed = t.seed * 1_000_003 + self.step * 101 + self.rank
         self.model.train()
+        loss = None
         if self.graph_step is not None:
-            loss = self.graph_step(self.train_set.batch(items), seed, seed)
-        else:
+            try:
+                loss = self.graph_step(self.train_set.batch(items), seed, seed)
+            except GraphCaptureError as exc:  # parameters and optimiser state are as before the attempt
+                warnings.warn(f"{exc}; training without graphs", RuntimeWarning, stacklevel=2)
+                self.graph_step = None
+        if loss is None:
             batch = _to_device(self.train_set.batch(items), self.device)
             torch.manual_seed(seed)  # dropout
             with self.autocast:

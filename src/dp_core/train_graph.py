@@ -20,11 +20,17 @@ import torch
 from .policy import DiffusionPolicy
 
 
+class GraphCaptureError(RuntimeError):
+    """The step could not be recorded (an operation that synchronises with the host, say)."""
+
+
 def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    """Learning rates as device tensors and ``capturable`` on, also after loading a state saved without."""
+    """Learning rates as tensors on ``device`` and ``capturable`` on, also after loading a saved state
+    (which holds a float, or a tensor read onto the CPU: a graph would keep that value for good)."""
     for group in optimizer.param_groups:
-        if not isinstance(group["lr"], torch.Tensor):
-            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        lr = group["lr"]
+        if not isinstance(lr, torch.Tensor) or lr.device.type != device.type:
+            group["lr"] = torch.tensor(float(lr), dtype=torch.float32, device=device)
         group["capturable"] = True
 
 
@@ -88,8 +94,12 @@ class GraphedTrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         graph.register_generator_state(self.generator)
-        with torch.cuda.graph(graph):
-            self.loss = self._step()
+        try:
+            with torch.cuda.graph(graph):
+                self.loss = self._step()
+        except RuntimeError as exc:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise GraphCaptureError(f"CUDA graph capture of the training step failed: {exc}") from exc
         self.graph = graph
 
     def __call__(self, batch: dict, seed: int, global_seed: int) -> torch.Tensor:
