@@ -52,6 +52,8 @@ class InferenceOptions:
     (leave it off for a policy that is being trained).
     ``compile``: the UNet's denoising step through ``torch.compile`` (inductor fuses its many small
     operators; compiling takes minutes on first use, so it is off by default).
+    ``split_k``: on CUDA, products with few rows (batch x horizon) and a deep reduction as partial
+    products over slices of the reduction, summed (:func:`~dp_core.models.unet1d_fast.split_k_factor`).
     ``backend``: ``onnxruntime`` runs the UNet's denoising step in ONNX Runtime (CPU only; the graph is
     written from the weights on first use, well under a second), :mod:`dp_core.ort_step`; ``auto`` picks it for a UNet policy on the CPU
     when onnxruntime is installed, else ``torch``.
@@ -62,6 +64,7 @@ class InferenceOptions:
     cuda_graph: bool = True
     channels_last: bool = True
     compile: bool = False
+    split_k: bool = False
     backend: Literal["torch", "onnxruntime", "auto"] = "torch"
 
     def __post_init__(self) -> None:
@@ -109,6 +112,7 @@ class FastSampler:
     def _step_unet(self) -> FastUnet1D:
         """The UNet of the denoising steps: with bf16 on CUDA a bf16 copy of the weights, updated in place
         (so that captured graphs stay valid) whenever a weight of the module changed."""
+        self.unet.split_k = self.options.split_k and self.policy.device.type == "cuda"
         if not (self.options.precision == "bf16" and self.policy.device.type == "cuda"):
             return self.unet
         params = list(self.unet.unet.parameters())
@@ -122,6 +126,7 @@ class FastSampler:
                 for dst, src in zip(self._bf16[0].unet.parameters(), params):
                     dst.copy_(src)
             self._bf16 = (self._bf16[0], versions)
+        self._bf16[0].split_k = self.unet.split_k
         return self._bf16[0]
 
     def _torch_step(self, x: torch.Tensor, films: list) -> torch.Tensor:

@@ -17,6 +17,7 @@ from dp_core.models.unet1d_fast import (
     FastUnet1D,
     conv1d_time_major,
     conv_transpose1d_time_major,
+    split_k_factor,
 )
 from dp_core.policy import DiffusionPolicy, shift_chunk
 from dp_core.sampling import SamplingPlan, plan_supported
@@ -73,6 +74,16 @@ def test_time_major_conv_equals_conv1d(c_in: int, c_out: int, k: int, stride: in
     ref = conv(x)
     out = conv1d_time_major(x.transpose(1, 2).contiguous(), conv)
     assert torch.allclose(out.transpose(1, 2), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("k,stride,pad,t", [(5, 1, 2, 4), (1, 1, 0, 3), (3, 2, 1, 8)])
+def test_split_k_conv_equals_conv1d(k: int, stride: int, pad: int, t: int) -> None:
+    """Partial products over slices of the reduction (the GPU path for few rows), summed: same result."""
+    conv = torch.nn.Conv1d(1024, 48, k, stride=stride, padding=pad)
+    x = torch.randn(1, 1024, t)
+    assert split_k_factor(t, 1024 * k, 48) > 1
+    out = conv1d_time_major(x.transpose(1, 2), conv, split_k=True)
+    assert torch.allclose(out.transpose(1, 2), conv(x), atol=1e-5)
 
 
 @pytest.mark.parametrize("k,stride,pad,t", [(4, 2, 1, 4), (4, 2, 1, 1), (3, 2, 1, 5), (5, 3, 2, 3)])
@@ -222,6 +233,23 @@ def test_cuda_graph_path_equals_reference(precision: str, tol: float, monkeypatc
     a = fast.predict_action(obs, generator=torch.Generator("cuda").manual_seed(5), num_inference_steps=8)["action_pred"]
     b = ref.predict_action(obs, generator=torch.Generator("cuda").manual_seed(5), num_inference_steps=8)["action_pred"]
     assert (fast.normalizer.action(a) - fast.normalizer.action(b)).abs().max().item() < tol
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision,tol", [("fp32", FP32_TOLERANCE), ("bf16", 5e-2)])
+def test_cuda_split_k_equals_reference(precision: str, tol: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    cfg = tiny_policy_config(IMAGE, 2, unet=UnetConfig(down_dims=[256, 512], step_embed_dim=32))
+    fast, ref = _policies(cfg)
+    fast.to("cuda").configure_inference(InferenceOptions(precision=precision, split_k=True))
+    ref.to("cuda")
+    obs = {k: v.cuda() for k, v in _obs(cfg).items()}
+    for seed in (3, 4):
+        a = fast.predict_action(obs, generator=torch.Generator("cuda").manual_seed(seed), num_inference_steps=8)["action_pred"]
+        b = ref.predict_action(obs, generator=torch.Generator("cuda").manual_seed(seed), num_inference_steps=8)["action_pred"]
+        assert (fast.normalizer.action(a) - fast.normalizer.action(b)).abs().max().item() < tol
+    assert fast._fast.unet.split_k
 
 
 def test_onnxruntime_backend_equals_reference() -> None:

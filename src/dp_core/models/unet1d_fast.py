@@ -25,16 +25,41 @@ from torch import nn
 from .unet1d import ConditionalUnet1D, FiLMResBlock
 
 
-def conv1d_time_major(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+def split_k_factor(rows: int, depth: int, cols: int, units: int = 132) -> int:
+    """How many slices of the reduction dimension let a ``rows x depth @ depth x cols`` product with few
+    rows occupy about ``units`` GPU multiprocessors (output tiles of 64 x 128; slices of at least 512)."""
+    tiles = -(-rows // 64) * -(-cols // 128)
+    split = 1
+    while split * 2 * tiles <= 2 * units and depth % (split * 2) == 0 and depth // (split * 2) >= 512:
+        split *= 2
+    return split
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, split_k: bool) -> torch.Tensor:
+    """``F.linear`` on 2-D ``x``; with ``split_k``, as partial products over slices of the input dimension
+    (one batched product, then their sum), so that a product of few rows keeps the whole GPU busy."""
+    split = split_k_factor(x.shape[0], x.shape[1], weight.shape[0]) if split_k else 1
+    if split == 1:
+        return F.linear(x, weight, bias)
+    m, depth = x.shape
+    n = weight.shape[0]
+    a = x.view(m, split, depth // split).transpose(0, 1)  # (S, M, D/S), views of x
+    w = weight.view(n, split, depth // split).permute(1, 2, 0)  # (S, D/S, N), views of the weight
+    out = torch.bmm(a, w).sum(0, dtype=torch.float32)
+    return out if bias is None else out + bias
+
+
+def conv1d_time_major(x: torch.Tensor, conv: nn.Conv1d, split_k: bool = False) -> torch.Tensor:
     """``conv(x)`` for time-major ``x`` of shape ``(B, T, C_in)``; returns ``(B, T_out, C_out)``."""
     k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
-    if k == 1 and s == 1 and p == 0:
-        return F.linear(x, conv.weight.view(conv.out_channels, -1), conv.bias)
     b = x.shape[0]
-    cols = F.pad(x, (0, 0, p, p)).unfold(1, k, s)  # (B, T_out, C_in, k), element [c, j] = x[t*s + j - p, c]
-    t_out = cols.shape[1]
-    cols = cols.reshape(b * t_out, -1)
-    return F.linear(cols, conv.weight.view(conv.out_channels, -1), conv.bias).view(b, t_out, -1)
+    if k == 1 and s == 1 and p == 0:
+        cols, t_out = x.reshape(-1, x.shape[-1]), x.shape[1]
+    else:
+        cols = F.pad(x, (0, 0, p, p)).unfold(1, k, s)  # (B, T_out, C_in, k), element [c, j] = x[t*s + j - p, c]
+        t_out = cols.shape[1]
+        cols = cols.reshape(b * t_out, -1)
+    return _linear(cols, conv.weight.view(conv.out_channels, -1), conv.bias, split_k).view(b, t_out, -1)
 
 
 def conv_transpose1d_time_major(x: torch.Tensor, conv: nn.ConvTranspose1d) -> torch.Tensor:
@@ -63,8 +88,9 @@ class FastUnet1D:
     the ``i``-th timestep. Holds no weights of its own, only the module.
     """
 
-    def __init__(self, unet: ConditionalUnet1D) -> None:
+    def __init__(self, unet: ConditionalUnet1D, split_k: bool = False) -> None:
         self.unet = unet
+        self.split_k = split_k
         self.blocks: list[FiLMResBlock] = []
         for res1, res2, _ in unet.down:
             self.blocks += [res1, res2]
@@ -101,10 +127,10 @@ class FastUnet1D:
     def _res(self, block: FiLMResBlock, x: torch.Tensor, film: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         conv1, norm1, _ = block.block1
         conv2, norm2, _ = block.block2
-        h = _group_norm_mish(conv1d_time_major(x, conv1), norm1)
+        h = _group_norm_mish(conv1d_time_major(x, conv1, self.split_k), norm1)
         h = torch.addcmul(film[1], film[0], h)
-        h = _group_norm_mish(conv1d_time_major(h, conv2), norm2)
-        skip = x if isinstance(block.skip, nn.Identity) else conv1d_time_major(x, block.skip)
+        h = _group_norm_mish(conv1d_time_major(h, conv2, self.split_k), norm2)
+        skip = x if isinstance(block.skip, nn.Identity) else conv1d_time_major(x, block.skip, self.split_k)
         return h + skip
 
     def step(self, sample: torch.Tensor, films: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -116,7 +142,7 @@ class FastUnet1D:
             i += 2
             skips.append(x)
             if not isinstance(down, nn.Identity):
-                x = conv1d_time_major(x, down)
+                x = conv1d_time_major(x, down, self.split_k)
         for _ in unet.mid:
             x = self._res(self.blocks[i], x, films[i])
             i += 1
@@ -127,5 +153,5 @@ class FastUnet1D:
             x = conv_transpose1d_time_major(x, up)
         head_block, head_out = unet.head
         conv, norm, _ = head_block
-        x = _group_norm_mish(conv1d_time_major(x, conv), norm)
-        return conv1d_time_major(x, head_out)
+        x = _group_norm_mish(conv1d_time_major(x, conv, self.split_k), norm)
+        return conv1d_time_major(x, head_out, self.split_k)
