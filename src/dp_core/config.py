@@ -178,7 +178,7 @@ class TrainConfig:
     ema_max_decay: float = 0.9999
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     allow_tf32: bool = True  # CUDA: TF32 matrix products and cuDNN autotuning for fp32 work
-    cuda_graph: bool = False  # CUDA, one process, UNet policies: replay each step as a CUDA graph (train_graph.py)
+    cuda_graph: bool = True  # CUDA, one process, UNet policies (ignored elsewhere): each step a replayed CUDA graph
     num_workers: int = 0
     log_every: int = 50
     val_every: int = 1000

@@ -88,11 +88,8 @@ class Trainer:
         self.policy.configure_inference(InferenceOptions(cuda_graph=False, channels_last=False))
         self.model = DistributedDataParallel(self.policy) if self.distributed else self.policy
         t = cfg.train
-        graph = t.cuda_graph and device.type == "cuda"
-        if graph and (self.distributed or cfg.policy.denoiser != "unet"):
-            warnings.warn("train.cuda_graph: only single-process training of UNet policies is captured; "
-                          "training without graphs", RuntimeWarning, stacklevel=2)
-            graph = False
+        # CUDA graphs for one process training a UNet (the transformer's attention checks masks on the host).
+        graph = t.cuda_graph and device.type == "cuda" and not self.distributed and cfg.policy.denoiser == "unet"
         # One fused kernel per parameter group (CPU and CUDA) instead of a loop over ~150 tensors.
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=t.lr, betas=tuple(t.betas),
                                            weight_decay=t.weight_decay, fused=True)

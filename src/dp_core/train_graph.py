@@ -65,22 +65,43 @@ class GraphedTrainStep:
 
     def capture(self, batch: dict) -> None:
         """Warm up on a side stream (lazy initialisation, cuDNN autotuning), undo the warm-up's updates in
-        place, and record the step. Leaves parameters and optimiser state as they were."""
+        place, and record the step. Leaves parameters and optimiser state as they were, also when it fails
+        (then with :class:`GraphCaptureError`)."""
         device = self.policy.device
-        self.batch = {"obs": {k: v.to(device).clone() for k, v in batch["obs"].items()},
-                      "action": batch["action"].to(device).clone()}
         params = list(self.policy.parameters())
-        saved_params = [p.detach().clone() for p in params]
-        saved_state = {p: {k: v.clone() for k, v in s.items() if isinstance(v, torch.Tensor)}
-                       for p, s in self.optimizer.state.items()}
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self.optimizer.zero_grad(set_to_none=True)
-                self._step()
-        torch.cuda.current_stream().wait_stream(side)
-        with torch.no_grad():  # in place: the graph records these very tensors
+        try:
+            self.batch = {"obs": {k: v.to(device).clone() for k, v in batch["obs"].items()},
+                          "action": batch["action"].to(device).clone()}
+            saved_params = [p.detach().clone() for p in params]
+            saved_state = {p: {k: v.clone() for k, v in s.items() if isinstance(v, torch.Tensor)}
+                           for p, s in self.optimizer.state.items()}
+        except RuntimeError as exc:  # out of memory, say: nothing changed yet
+            raise GraphCaptureError(f"no memory to prepare the CUDA graph of the training step: {exc}") from exc
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self._step()
+            torch.cuda.current_stream().wait_stream(side)
+        except RuntimeError as exc:
+            raise GraphCaptureError(f"warm-up for the CUDA graph of the training step failed: {exc}") from exc
+        finally:
+            self._restore(params, saved_params, saved_state)
+        graph = torch.cuda.CUDAGraph()
+        graph.register_generator_state(self.generator)
+        try:
+            with torch.cuda.graph(graph):
+                self.loss = self._step()
+        except RuntimeError as exc:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise GraphCaptureError(f"CUDA graph capture of the training step failed: {exc}") from exc
+        self.graph = graph
+
+    def _restore(self, params: list[torch.Tensor], saved_params: list[torch.Tensor], saved_state: dict) -> None:
+        """Parameters and optimiser state back to ``saved_*``, in place (the graph records these very tensors)."""
+        with torch.no_grad():
             for p, saved in zip(params, saved_params):
                 p.copy_(saved)
             for p, state in self.optimizer.state.items():
@@ -92,15 +113,6 @@ class GraphedTrainStep:
                     else:  # the state a fresh optimiser creates on its first step
                         value.zero_()
         self.optimizer.zero_grad(set_to_none=True)
-        graph = torch.cuda.CUDAGraph()
-        graph.register_generator_state(self.generator)
-        try:
-            with torch.cuda.graph(graph):
-                self.loss = self._step()
-        except RuntimeError as exc:
-            self.optimizer.zero_grad(set_to_none=True)
-            raise GraphCaptureError(f"CUDA graph capture of the training step failed: {exc}") from exc
-        self.graph = graph
 
     def __call__(self, batch: dict, seed: int, global_seed: int) -> torch.Tensor:
         """Run one step on ``batch`` (CPU tensors); returns the loss (a device tensor, overwritten next step)."""
