@@ -57,7 +57,7 @@ class InferenceOptions:
     ``auto`` = on for fp32 (H100, paper-size image UNet, DDIM 16: 29.5 -> 25.0 ms), off for bf16 (slower there).
     ``backend``: ``onnxruntime`` runs the UNet's denoising step in ONNX Runtime (CPU only; the graph is
     written from the weights on first use, well under a second), :mod:`dp_core.ort_step`; ``auto`` picks it for a UNet policy on the CPU
-    when onnxruntime is installed, else ``torch``.
+    when onnxruntime is installed and ``compile`` is off, else ``torch``.
     """
 
     fast: bool = True
@@ -75,7 +75,7 @@ class InferenceOptions:
             raise ValueError(f"split_k must be true, false or 'auto', got {self.split_k!r}")
         if self.backend not in ("torch", "onnxruntime", "auto"):
             raise ValueError(f"backend must be 'torch', 'onnxruntime' or 'auto', got {self.backend!r}")
-        if self.backend != "torch" and self.compile:
+        if self.backend == "onnxruntime" and self.compile:
             raise ValueError("compile applies to the torch backend, not to onnxruntime")
 
 

@@ -70,7 +70,7 @@ class DiffusionPolicy(nn.Module):
         unet = self.cfg.denoiser == "unet" and self.cfg.kind == "diffusion"
         auto = options.backend == "auto"
         if auto:
-            ort = options.fast and unet and self.device.type == "cpu" and onnxruntime_available()
+            ort = options.fast and unet and self.device.type == "cpu" and not options.compile and onnxruntime_available()
             options = dataclasses.replace(options, backend="onnxruntime" if ort else "torch")
         if options.backend == "onnxruntime":
             if not (options.fast and unet):

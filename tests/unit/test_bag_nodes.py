@@ -85,5 +85,12 @@ def test_node_parameter_file_errors(tmp_path) -> None:
     bad.write_text("policy:\n  ros__parameters:\n    inference_backend: tensorrt\n")
     with pytest.raises(ConfigError, match="inference_backend must be 'torch', 'onnxruntime' or 'auto'"):
         load_node_params(bad)
+    bad.write_text("policy:\n  ros__parameters:\n    inference_backend: onnxruntime\n    inference_compile: true\n")
+    with pytest.raises(ConfigError, match="inference_compile applies to the torch backend"):
+        load_node_params(bad)
+    sim = load_node_params(REPO / "config" / "pusht_sim.yaml")
+    assert not sim.inference_options().compile
+    sim.inference_compile = True
+    assert sim.inference_options().compile
     with pytest.raises(ConfigError, match="no 'executor: ros__parameters:' section"):
         load_node_params(REPO / "config" / "pusht_sim.yaml", node="executor")

@@ -318,6 +318,8 @@ def test_auto_backend_resolves_per_policy() -> None:
     assert unet.inference_options.backend == "onnxruntime"
     unet.configure_inference(InferenceOptions(fast=False, backend="auto"))
     assert unet.inference_options.backend == "torch"
+    unet.configure_inference(InferenceOptions(backend="auto", compile=True))  # compiling asks for torch
+    assert unet.inference_options.backend == "torch"
     cfg = tiny_policy_config(LOW_DIM, 2, denoiser="transformer", transformer=TransformerConfig(n_layer=1, n_head=2, n_emb=16))
     transformer = DiffusionPolicy(cfg)
     transformer.configure_inference(InferenceOptions(backend="auto"))

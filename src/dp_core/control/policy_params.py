@@ -31,13 +31,14 @@ class PolicyNodeParams:
     chunk_topic: str = "/policy/action_chunk"
     cpu_threads: int = 1
     fast_inference: bool = True  # False: the reference sampling path
-    inference_precision: str = "fp32"  # bf16: autocast on CUDA
+    inference_precision: str = "fp32"  # bf16 (CUDA): bf16 weights for the denoising steps, autocast elsewhere
     cuda_graph: bool = True  # capture noise-free sampling on CUDA
+    inference_compile: bool = False  # torch.compile the UNet step (torch backend; compiled in the warm-up)
     inference_backend: str = "auto"  # torch | onnxruntime (the UNet step in ONNX Runtime, CPU) | auto: ORT on a CPU
 
     def inference_options(self) -> InferenceOptions:
         return InferenceOptions(fast=self.fast_inference, precision=self.inference_precision, cuda_graph=self.cuda_graph,
-                                backend=self.inference_backend)  # type: ignore[arg-type]
+                                compile=self.inference_compile, backend=self.inference_backend)  # type: ignore[arg-type]
 
     def validate(self) -> None:
         """Raise ``ConfigError`` on inconsistent observation lists or unknown message types."""
@@ -51,6 +52,8 @@ class PolicyNodeParams:
             raise ConfigError(f"inference_precision must be 'fp32' or 'bf16'; got {self.inference_precision!r}")
         if self.inference_backend not in ("torch", "onnxruntime", "auto"):
             raise ConfigError(f"inference_backend must be 'torch', 'onnxruntime' or 'auto'; got {self.inference_backend!r}")
+        if self.inference_compile and self.inference_backend == "onnxruntime":
+            raise ConfigError("inference_compile applies to the torch backend, not to inference_backend 'onnxruntime'")
         if self.rate_hz <= 0 or self.dt <= 0 or self.max_obs_age_s <= 0:
             raise ConfigError(f"rate_hz, dt and max_obs_age_s must be > 0; got {self.rate_hz}, {self.dt}, {self.max_obs_age_s}")
 
