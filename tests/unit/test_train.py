@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,3 +143,60 @@ def test_cuda_graph_option_is_ignored_without_cuda(ramp_dataset: Path, tmp_path:
     trainer = Trainer(_cfg(ramp_dataset, tmp_path / "run", num_steps=2, cuda_graph=True, device="cpu"))
     assert trainer.graph_step is None
     assert all(torch.isfinite(torch.tensor([trainer.train_step() for _ in range(2)])))
+
+
+def test_capturable_learning_rate_stays_one_tensor_through_the_schedule() -> None:
+    """A graph reads the learning rate from one tensor: the scheduler must fill that tensor, also after a
+    state saved with a float (or a tensor read onto the CPU) is loaded."""
+    from diffusers.optimization import get_scheduler
+
+    from dp_core.train_graph import make_capturable
+
+    params = [torch.nn.Parameter(torch.randn(3))]
+    opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
+    make_capturable(opt, torch.device("cpu"))
+    lr = opt.param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor) and opt.param_groups[0]["capturable"]
+    sched = get_scheduler("cosine", opt, num_warmup_steps=4, num_training_steps=10)
+    for step in range(1, 4):
+        params[0].grad = torch.zeros(3)
+        opt.step()
+        sched.step()
+        assert opt.param_groups[0]["lr"] is lr
+        assert lr.item() == pytest.approx(1e-3 * step / 4)
+    saved = torch.optim.AdamW(params, lr=5e-4).state_dict()  # float lr, no 'capturable'
+    opt.load_state_dict(saved)
+    make_capturable(opt, torch.device("cpu"))
+    assert isinstance(opt.param_groups[0]["lr"], torch.Tensor) and opt.param_groups[0]["capturable"]
+
+
+def test_graph_warm_up_is_undone(image_dataset: Path, tmp_path: Path) -> None:
+    """The graph's warm-up steps are undone in place: the first real step equals a fresh optimiser's first
+    step (the restore logic, checked on the CPU; capture itself needs CUDA)."""
+    from dp_core.train_graph import GraphedTrainStep
+
+    trainers = [Trainer(_image_cfg(image_dataset, tmp_path / f"r{i}", num_steps=4, device="cpu", lr_warmup_steps=0))
+                for i in range(2)]
+    warmed, fresh = trainers
+    warmed.policy.load_state_dict(fresh.policy.state_dict())
+    items = np.arange(8)
+    for t in trainers:
+        t.policy.train()
+    step = GraphedTrainStep(warmed.policy, warmed.optimizer, 1.0, None)
+    batch = warmed.train_set.batch(items)
+    step.batch = batch
+    params = list(warmed.policy.parameters())
+    saved = [p.detach().clone() for p in params]
+    for _ in range(2):
+        warmed.optimizer.zero_grad(set_to_none=True)
+        step._step()
+    assert not all(torch.equal(p, s) for p, s in zip(params, saved))
+    step._restore(params, saved, {})
+    assert all(torch.equal(p, s) for p, s in zip(params, saved))
+    for t in trainers:
+        t.optimizer.zero_grad(set_to_none=True)
+        gen = torch.Generator().manual_seed(5)
+        t.policy(batch, gen).backward()
+        t.optimizer.step()
+    a, b = warmed.policy.state_dict(), fresh.policy.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
