@@ -42,7 +42,8 @@ SETTINGS = {"ddpm100": ("ddpm", 100, False), "ddim16": ("ddim", 16, False), "ddi
 PATHS = {"reference": InferenceOptions(fast=False), "fast": InferenceOptions(),
          "fast-bf16": InferenceOptions(precision="bf16"), "fast-compile": InferenceOptions(compile=True),
          "fast-bf16-compile": InferenceOptions(precision="bf16", compile=True),
-         "fast-ort": InferenceOptions(backend="onnxruntime"), "fast-splitk": InferenceOptions(split_k=True),
+         "fast-ort": InferenceOptions(backend="onnxruntime"),
+         "fast-ort-int8": InferenceOptions(backend="onnxruntime", precision="int8"), "fast-splitk": InferenceOptions(split_k=True),
          "fast-bf16-splitk": InferenceOptions(precision="bf16", split_k=True),
          "fast-bf16-compile-splitk": InferenceOptions(precision="bf16", compile=True, split_k=True)}
 # The issue's targets: rows that must be measured on every run of the default matrix.

@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference-inference", action="store_true", help="sample on the reference path, not the fast one")
     p.add_argument("--inference-backend", choices=["torch", "onnxruntime"], default="torch",
                    help="onnxruntime: the UNet's denoising step in ONNX Runtime (CPU)")
+    p.add_argument("--inference-precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                   help="bf16: CUDA; int8: int8 weights for the deep convolutions (with --inference-backend onnxruntime)")
     p.add_argument("--output", default=None, help="write the JSON report here")
     p.add_argument("--video-dir", default=None, help="write one mp4 per episode here")
     lat = sub.add_parser("latency", help="Push-T score under observation-to-chunk delays, compensation on/off")
@@ -179,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate(
             args.checkpoint, args.episodes, args.seed, args.device, args.steps,
             not args.no_warm_start, args.warm_steps, args.warm_strength, args.max_steps, args.video_dir,
-            inference=InferenceOptions(fast=not args.reference_inference, backend=args.inference_backend),
+            inference=InferenceOptions(fast=not args.reference_inference, backend=args.inference_backend,
+                                       precision=args.inference_precision),
         )
     except (CheckpointError, ValueError) as exc:
         print(f"dp-eval: error: {exc}", file=sys.stderr)

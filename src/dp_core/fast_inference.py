@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 FP32_TOLERANCE = 1e-4
 BF16_TOLERANCE = 5e-2
+INT8_TOLERANCE = 5e-2
 
 
 @dataclass
@@ -46,7 +47,9 @@ class InferenceOptions:
     """How :meth:`DiffusionPolicy.predict_action` samples.
 
     ``fast``: the fast path (False: the reference path, diffusers' ``step`` and the plain modules).
-    ``precision``: ``bf16`` runs the networks under bf16 autocast on CUDA (ignored on CPU).
+    ``precision``: ``bf16`` runs the networks under bf16 autocast on CUDA (ignored on CPU); ``int8``
+    gives the UNet's deep convolutions int8 weights on the ONNX Runtime backend (CPU; outputs within
+    ``INT8_TOLERANCE`` rather than the fp32 tolerance; :mod:`dp_core.ort_step`).
     ``cuda_graph``: capture and replay noise-free sampling calls on CUDA.
     ``channels_last``: convert the image encoders' weights to channels-last layout on first use
     (leave it off for a policy that is being trained).
@@ -61,7 +64,7 @@ class InferenceOptions:
     """
 
     fast: bool = True
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "int8"] = "fp32"
     cuda_graph: bool = True
     channels_last: bool = True
     compile: bool = False
@@ -69,8 +72,10 @@ class InferenceOptions:
     backend: Literal["torch", "onnxruntime", "auto"] = "torch"
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in ("fp32", "bf16", "int8"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'int8', got {self.precision!r}")
+        if self.precision == "int8" and self.backend == "torch":
+            raise ValueError("precision 'int8' runs on the ONNX Runtime backend (backend 'onnxruntime' or 'auto')")
         if self.split_k not in (True, False, "auto"):
             raise ValueError(f"split_k must be true, false or 'auto', got {self.split_k!r}")
         if self.backend not in ("torch", "onnxruntime", "auto"):
@@ -100,7 +105,7 @@ class FastSampler:
         if self.unet is not None:
             self._use_torch_step()
             if options.backend == "onnxruntime":
-                ort = OrtUnetStep(self.unet)
+                ort = OrtUnetStep(self.unet, int8=options.precision == "int8")
                 self._condition, self._unet_step = ort.condition, ort
         self._bf16: tuple[FastUnet1D, tuple] | None = None  # (bf16 copy, versions of the weights it holds)
         self._compiled: tuple[FastUnet1D, Callable] | None = None

@@ -305,11 +305,42 @@ def test_onnxruntime_step_equals_torch_step_at_extreme_activations() -> None:
             assert ((got - want).abs() / want.abs().clamp_min(1.0)).max().item() < 1e-4
 
 
+def test_onnxruntime_int8_stays_close_to_reference() -> None:
+    """int8 weights for the deep convolutions only: the graph has quantised products exactly there, and the
+    bundled model's chunks stay within INT8_TOLERANCE of its fp32 reference chunks (cold and warm start).
+    (Random weights amplify the quantisation error along the 16 steps; the trained model is what runs.)"""
+    from dp_core.fast_inference import INT8_TOLERANCE
+    from dp_core.ort_step import INT8_MIN_DEPTH, unet_step_model
+
+    path = REPO / "models" / "pusht_state_unet_small.safetensors"
+    fast, ref = load_policy(path, "cpu"), load_policy(path, "cpu")
+    fast.configure_inference(InferenceOptions(backend="onnxruntime", precision="int8"))
+    ops = [n.op_type for n in unet_step_model(fast._fast.unet, fast.cfg.horizon, 2, int8=True).graph.node]
+    deep = sum(1 for m in fast.denoiser.modules() if isinstance(m, torch.nn.Conv1d)
+               and m.in_channels * m.kernel_size[0] >= INT8_MIN_DEPTH)
+    assert ops.count("DynamicQuantizeMatMul") == deep > 0 and "Gemm" in ops
+    worst = 0.0
+    for seed in range(4):
+        g = torch.Generator().manual_seed(seed)
+        obs = {"keypoint": torch.rand(1, 2, 18, generator=g) * 400 + 50, "agent_pos": torch.rand(1, 2, 2, generator=g) * 400 + 50}
+        guess = shift_chunk(ref.predict_action(obs, generator=torch.Generator().manual_seed(seed))["action_pred"], 2)
+        for warm in (None, guess):
+            a = fast.predict_action(obs, warm_start=warm, generator=torch.Generator().manual_seed(seed))["action_pred"]
+            b = ref.predict_action(obs, warm_start=warm, generator=torch.Generator().manual_seed(seed))["action_pred"]
+            worst = max(worst, (fast.normalizer.action(a) - fast.normalizer.action(b)).abs().max().item())
+    assert FP32_TOLERANCE < worst < INT8_TOLERANCE  # int8 is really in use, and close
+
+
 def test_inference_options_are_checked() -> None:
     with pytest.raises(ValueError, match="backend"):
         InferenceOptions(backend="tensorrt")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="compile"):
         InferenceOptions(backend="onnxruntime", compile=True)
+    with pytest.raises(ValueError, match="int8"):
+        InferenceOptions(precision="int8")  # the torch backend has no int8 path
+    cfg = tiny_policy_config(LOW_DIM, 2, denoiser="transformer", transformer=TransformerConfig(n_layer=1, n_head=2, n_emb=16))
+    with pytest.raises(ValueError, match="int8"):
+        DiffusionPolicy(cfg).configure_inference(InferenceOptions(backend="auto", precision="int8"))
 
 
 def test_auto_backend_resolves_per_policy() -> None:
