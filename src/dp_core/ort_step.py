@@ -12,8 +12,10 @@ Runtime session. The graph is laid out for ONNX Runtime's CPU kernels:
   included), then one ``Gemm`` in the orientation its CPU kernel is fastest at for a few time
   steps (time-major output rows), then one transpose back;
 * the FiLM conditioning of every block (computed per chunk, for all steps at once, by
-  :meth:`FastUnet1D.condition <dp_core.models.unet1d_fast.FastUnet1D.condition>`) is one input
-  column, split inside the graph.
+  :meth:`FastUnet1D.film_table <dp_core.models.unet1d_fast.FastUnet1D.film_table>`) is one input
+  vector, split inside the graph;
+* for noise-free plans (DDIM) the whole sampling loop, the sampler update included, is one ONNX
+  ``Loop`` run per chunk (:meth:`OrtUnetStep.sample`), so no Python or PyTorch runs between steps.
 
 The weights are baked into the graph: a session is rebuilt when a parameter changes (new
 storage or an in-place update such as ``load_state_dict``). Outputs equal the PyTorch step
@@ -37,6 +39,7 @@ from torch import nn
 
 from .models.unet1d import FiLMResBlock
 from .models.unet1d_fast import FastUnet1D
+from .sampling import SamplingPlan
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 class _Graph:
-    """Minimal ONNX graph writer: one output per node, initialisers from numpy arrays."""
+    """Minimal ONNX graph writer: one output per node, initialisers from numpy arrays (equal arrays shared)."""
 
     def __init__(self) -> None:
         from onnx import helper, numpy_helper
@@ -65,6 +68,7 @@ class _Graph:
         self.helper, self.numpy_helper = helper, numpy_helper
         self.nodes: list = []
         self.inits: list = []
+        self._consts: dict[tuple, str] = {}
         self._n = 0
 
     def _name(self, prefix: str) -> str:
@@ -72,9 +76,12 @@ class _Graph:
         return f"{prefix}{self._n}"
 
     def const(self, value: np.ndarray) -> str:
-        name = self._name("c")
-        self.inits.append(self.numpy_helper.from_array(np.ascontiguousarray(value), name))
-        return name
+        value = value if value.flags.c_contiguous else value.copy()  # (ascontiguousarray would make 0-d 1-d)
+        key = (value.dtype.str, value.shape, value.tobytes())
+        if key not in self._consts:
+            self._consts[key] = name = self._name("c")
+            self.inits.append(self.numpy_helper.from_array(value, name))
+        return self._consts[key]
 
     def shape(self, *dims: int) -> str:
         return self.const(np.array(dims, dtype=np.int64))
@@ -177,46 +184,87 @@ class _StepWriter:
         skip = x if isinstance(block.skip, nn.Identity) else self.conv_cm(x, t, block.skip)[0]
         return self.g.op("Add", h, skip)
 
-    # --- the step ---------------------------------------------------------------------------
-    def write(self, horizon: int, action_dim: int):
-        from onnx import TensorProto
-
+    # --- the step, and the whole sampling loop --------------------------------------------
+    def eps(self, x: str, film: str, horizon: int, action_dim: int, out: str | None = None) -> str:
+        """Nodes of one step: the predicted noise ``(1, T, A)`` for ``x`` ``(1, T, A)`` and one ``film`` vector."""
         g, fast = self.g, self.unet
         unet = fast.unet
         sizes = [n for block in fast.blocks for n in (block.block2[0].out_channels,) * 2]
-        films = g.op("Split", "film", g.const(np.array(sizes, np.int64)), outputs=len(sizes), axis=0)
-        film = [(films[2 * i], films[2 * i + 1]) for i in range(len(fast.blocks))]
-        x = g.op("Transpose", "x", perm=[0, 2, 1])
+        films = g.op("Split", film, g.const(np.array(sizes, np.int64)), outputs=len(sizes), axis=0)
+        film_of = [(films[2 * i], films[2 * i + 1]) for i in range(len(fast.blocks))]
+        x = g.op("Transpose", x, perm=[0, 2, 1])
         t, i, skips = horizon, 0, []
         for _, _, down in unet.down:
-            x = self.res(fast.blocks[i + 1], self.res(fast.blocks[i], x, t, *film[i]), t, *film[i + 1])
+            x = self.res(fast.blocks[i + 1], self.res(fast.blocks[i], x, t, *film_of[i]), t, *film_of[i + 1])
             i += 2
             skips.append((x, t))
             if not isinstance(down, nn.Identity):
                 x, t = self.conv_cm(x, t, down)
         for _ in unet.mid:
-            x = self.res(fast.blocks[i], x, t, *film[i])
+            x = self.res(fast.blocks[i], x, t, *film_of[i])
             i += 1
         for _, _, up in unet.up:
             skip, t_skip = skips.pop()
             if t_skip != t:
                 raise ValueError(f"horizon {horizon} does not survive the UNet's down/up sampling")
             x = g.op("Concat", x, skip, axis=1)
-            x = self.res(fast.blocks[i + 1], self.res(fast.blocks[i], x, t, *film[i]), t, *film[i + 1])
+            x = self.res(fast.blocks[i + 1], self.res(fast.blocks[i], x, t, *film_of[i]), t, *film_of[i + 1])
             i += 2
             x, t = self.conv_transpose(x, t, up)
         (conv, norm, _), head_out = unet.head
         x = self.norm_mish(self.conv(x, t, conv)[0], t, norm)
         y, _ = self.conv(x, t, head_out)
-        g.op("Reshape", y, g.shape(1, horizon, action_dim), name="eps")
-        h = g.helper
-        graph = h.make_graph(
-            g.nodes, "unet_step",
-            [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, horizon, action_dim]),
-             h.make_tensor_value_info("film", TensorProto.FLOAT, [sum(sizes)])],
-            [h.make_tensor_value_info("eps", TensorProto.FLOAT, [1, horizon, action_dim])],
+        return g.op("Reshape", y, g.shape(1, horizon, action_dim), name=out)
+
+    def _model(self, name: str, inputs: list[tuple[str, list[int]]], output: tuple[str, list[int]]):
+        from onnx import TensorProto
+
+        h = self.g.helper
+        graph = h.make_graph(self.g.nodes, name, [h.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+                             [h.make_tensor_value_info(output[0], TensorProto.FLOAT, output[1])], self.g.inits)
+        opsets = [h.make_opsetid("", OPSET)] + ([h.make_opsetid("com.microsoft", 1)] if self.int8 else [])
+        return h.make_model(graph, opset_imports=opsets, producer_name="dp_core")
+
+    def film_size(self) -> int:
+        return 2 * sum(block.block2[0].out_channels for block in self.unet.blocks)
+
+    def write(self, horizon: int, action_dim: int):
+        self.eps("x", "film", horizon, action_dim, out="eps")
+        return self._model("unet_step", [("x", [1, horizon, action_dim]), ("film", [self.film_size()])],
+                           ("eps", [1, horizon, action_dim]))
+
+    def write_loop(self, horizon: int, action_dim: int, steps: int, clip: float | None):
+        """All ``steps`` noise-free sampler updates (``SamplingPlan.step`` without noise) around the step, as
+        one ONNX ``Loop`` (its body holds the weights once): inputs ``x``, ``films`` ``(K, F)`` and ``coef``
+        ``(K, 5)`` = (sqrt_beta, sqrt_alpha, c_x0, c_x, c_eps); output ``out``."""
+        from onnx import TensorProto
+
+        g, h = self.g, self.g.helper
+        eps = self.eps("x_in", g.op("Gather", "films", "k", axis=0), horizon, action_dim)
+        sqrt_beta, sqrt_alpha, c_x0, c_x, c_eps = g.op("Split", g.op("Gather", "coef", "k", axis=0),
+                                                       g.const(np.ones(5, np.int64)), outputs=5, axis=0)
+        x0 = g.op("Div", g.op("Sub", "x_in", g.op("Mul", sqrt_beta, eps)), sqrt_alpha)
+        if clip is not None:
+            x0 = g.op("Clip", x0, g.const(np.array(-clip, np.float32)), g.const(np.array(clip, np.float32)))
+        g.op("Add", g.op("Add", g.op("Mul", c_x0, x0), g.op("Mul", c_x, "x_in")), g.op("Mul", c_eps, eps), name="x_out")
+        g.op("Identity", "cond_in", name="cond_out")
+        shape = [1, horizon, action_dim]
+        body = h.make_graph(
+            g.nodes, "step",
+            [h.make_tensor_value_info("k", TensorProto.INT64, []), h.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+             h.make_tensor_value_info("x_in", TensorProto.FLOAT, shape)],
+            [h.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+             h.make_tensor_value_info("x_out", TensorProto.FLOAT, shape)],
             g.inits,
         )
+        count = self.g.numpy_helper.from_array(np.array(steps, np.int64), "steps")
+        loop = h.make_node("Loop", ["steps", "", "x"], ["out"], body=body)
+        graph = h.make_graph(
+            [loop], "unet_sampling",
+            [h.make_tensor_value_info("x", TensorProto.FLOAT, shape),
+             h.make_tensor_value_info("films", TensorProto.FLOAT, [steps, self.film_size()]),
+             h.make_tensor_value_info("coef", TensorProto.FLOAT, [steps, 5])],
+            [h.make_tensor_value_info("out", TensorProto.FLOAT, shape)], [count])
         opsets = [h.make_opsetid("", OPSET)] + ([h.make_opsetid("com.microsoft", 1)] if self.int8 else [])
         return h.make_model(graph, opset_imports=opsets, producer_name="dp_core")
 
@@ -229,10 +277,8 @@ def unet_step_model(unet: FastUnet1D, horizon: int, action_dim: int, int8: bool 
 
 
 class OrtUnetStep:
-    """``condition`` and ``step`` of a :class:`FastUnet1D`, the step run by ONNX Runtime (CPU tensors only).
-
-    A batch of several samples runs the single-sample graph once per sample.
-    """
+    """``condition``, ``step`` and the whole noise-free sampling loop of a :class:`FastUnet1D` in ONNX Runtime
+    (CPU tensors only). A batch of several samples runs the single-sample graphs once per sample."""
 
     def __init__(self, unet: FastUnet1D, threads: int | None = None, int8: bool = False) -> None:
         import onnxruntime  # the optional dependency is needed only when this backend is chosen
@@ -241,41 +287,59 @@ class OrtUnetStep:
         self.unet = unet
         self.threads = threads
         self.int8 = int8
-        self._key: tuple | None = None
-        self._session = None
+        self._params = list(unet.unet.parameters())  # the same objects for the module's life (loads copy in place)
+        self._weights: tuple | None = None
+        self._sessions: dict[tuple, object] = {}
+        self._session = None  # the single-step session of the current chunk
 
     def _weights_key(self) -> tuple:
-        return tuple((p.data_ptr(), p._version) for p in self.unet.unet.parameters())
+        return tuple((p.data_ptr(), p._version) for p in self._params)
 
-    def _build(self, horizon: int, action_dim: int):
+    def _build(self, what: tuple):
+        """A session for ``("step", T, A)`` or ``("loop", T, A, K, clip)``."""
         start = time.perf_counter()
-        model = unet_step_model(self.unet, horizon, action_dim, self.int8)
+        writer = _StepWriter(self.unet, self.int8)
+        model = writer.write(*what[1:3]) if what[0] == "step" else writer.write_loop(*what[1:])
         options = self._ort.SessionOptions()
         options.intra_op_num_threads = self.threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         session = self._ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        log.info("UNet step built for ONNX Runtime in %.2f s (horizon %d%s)", time.perf_counter() - start, horizon,
+        log.info("UNet %s built for ONNX Runtime in %.2f s (%s%s)", what[0], time.perf_counter() - start, what[1:],
                  ", int8 deep layers" if self.int8 else "")
         return session
 
-    def condition(self, timesteps: torch.Tensor, global_cond: torch.Tensor, sample: torch.Tensor) -> list[list[np.ndarray]]:
-        """Per step, per sample, the ``film`` input of the graph (computed once per chunk).
+    def _get(self, what: tuple):
+        weights = self._weights_key()
+        if weights != self._weights:  # a graph holds the weights it was built with
+            self._sessions.clear()
+            self._weights = weights
+        if what not in self._sessions:
+            self._sessions[what] = self._build(what)
+        return self._sessions[what]
 
-        Also picks the session for ``sample``'s horizon and the current weights, building it if needed.
-        """
+    def condition(self, timesteps: torch.Tensor, global_cond: torch.Tensor, sample: torch.Tensor) -> np.ndarray:
+        """The FiLM inputs ``(K, B, F)`` of the chunk's steps (computed once per chunk); also picks the
+        single-step session for ``sample``'s shape and the current weights, building it if needed."""
         if sample.device.type != "cpu":
             raise ValueError(f"the ONNX Runtime backend runs on the CPU; the policy is on {sample.device}")
-        _, horizon, action_dim = sample.shape
-        key = (horizon, action_dim, self.threads, self._weights_key())
-        if key != self._key:
-            self._session, self._key = None, None  # a stale graph holds old weights
-            self._session, self._key = self._build(horizon, action_dim), key
-        table = self.unet.film_table(timesteps, global_cond).float()  # (K, B, F)
-        return [[np.ascontiguousarray(row.numpy()) for row in step] for step in table]
+        self._session = self._get(("step", *sample.shape[1:]))
+        return np.ascontiguousarray(self.unet.film_table(timesteps, global_cond).float().numpy())
 
-    def __call__(self, x: torch.Tensor, feeds: list[np.ndarray]) -> torch.Tensor:
-        """Predicted noise for ``x`` ``(B, T, A)`` at the step whose inputs :meth:`condition` gave as ``feeds``."""
+    def __call__(self, x: torch.Tensor, films: np.ndarray) -> torch.Tensor:
+        """Predicted noise for ``x`` ``(B, T, A)`` at the step whose FiLM inputs ``(B, F)`` are ``films``."""
         xs = x.detach().float().contiguous().numpy()
-        out = [self._session.run(None, {"x": xs[b : b + 1], "film": film})[0] for b, film in enumerate(feeds)]
+        out = [self._session.run(None, {"x": xs[b : b + 1], "film": films[b]})[0] for b in range(len(xs))]
+        return torch.from_numpy(out[0] if len(out) == 1 else np.concatenate(out))
+
+    def sample(self, plan: SamplingPlan, x: torch.Tensor, films: np.ndarray) -> torch.Tensor:
+        """All steps of a noise-free ``plan`` (DDIM) from ``x`` in one session run per sample."""
+        if plan.draws_noise:
+            raise ValueError("the ONNX Runtime sampling loop runs noise-free plans only")
+        session = self._get(("loop", *x.shape[1:], len(plan), plan.clip))
+        coef = torch.stack([plan.sqrt_beta, plan.sqrt_alpha, plan.c_x0, plan.c_x, plan.c_eps], dim=1)
+        coef = np.ascontiguousarray(coef.float().cpu().numpy())
+        xs = x.detach().float().contiguous().numpy()
+        out = [session.run(None, {"x": xs[b : b + 1], "films": np.ascontiguousarray(films[:, b]), "coef": coef})[0]
+               for b in range(len(xs))]
         return torch.from_numpy(out[0] if len(out) == 1 else np.concatenate(out))
