@@ -261,11 +261,23 @@ def test_onnxruntime_backend_equals_reference() -> None:
     _assert_paths_agree(fast, ref, obs, num_inference_steps=8)
     guess = shift_chunk(ref.predict_action(obs, generator=torch.Generator().manual_seed(1))["action_pred"], 2)
     _assert_paths_agree(fast, ref, obs, warm_start=guess)
+    assert {key[:4] for key in fast._fast._unet_step._sessions if key[0] == "loop"} == {("loop", 16, 2, 8)}
 
     cfg = tiny_policy_config(IMAGE, 2)
     fast, ref = _policies(cfg)
     fast.configure_inference(InferenceOptions(backend="onnxruntime"))
     _assert_paths_agree(fast, ref, _obs(cfg), num_inference_steps=4)
+
+
+def test_onnxruntime_backend_ddpm_runs_step_by_step() -> None:
+    """DDPM draws noise between steps: the ONNX Runtime backend then runs its step graph per step, still equal."""
+    cfg = tiny_policy_config(LOW_DIM, 2, unet=UnetConfig(down_dims=[16, 32], step_embed_dim=16),
+                             diffusion=DiffusionConfig(inference_scheduler="ddpm", num_inference_steps=100))
+    fast, ref = _policies(cfg)
+    fast.configure_inference(InferenceOptions(backend="onnxruntime"))
+    _assert_paths_agree(fast, ref, _obs(cfg))
+    assert ("step", 16, 2) in fast._fast._unet_step._sessions
+    assert not any(key[0] == "loop" for key in fast._fast._unet_step._sessions)
 
 
 def test_onnxruntime_backend_follows_new_weights() -> None:
