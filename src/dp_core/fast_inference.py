@@ -115,7 +115,7 @@ class FastSampler:
         self._graph_failed = False
 
     def _use_torch_step(self) -> None:
-        self._condition, self._unet_step = (lambda t, cond, _: self.unet.condition(t, cond)), self._torch_step
+        self._condition, self._unet_step = (lambda plan, cond, _: self.unet.condition(plan.timesteps, cond)), self._torch_step
 
     def _step_unet(self) -> FastUnet1D:
         """The UNet of the denoising steps: with bf16 on CUDA a bf16 copy of the weights, updated in place
@@ -148,7 +148,7 @@ class FastSampler:
 
     def _films(self, plan: SamplingPlan, cond: torch.Tensor, x: torch.Tensor) -> list:
         try:
-            return self._condition(plan.timesteps, cond, x)
+            return self._condition(plan, cond, x)
         except Exception as exc:  # building the ONNX Runtime step failed
             if not (self.ort_fallback and isinstance(self._unet_step, OrtUnetStep)):
                 raise
@@ -156,7 +156,7 @@ class FastSampler:
                           RuntimeWarning, stacklevel=2)
             self._use_torch_step()
             self.options = self.policy.inference_options = dataclasses.replace(self.options, backend="torch")
-            return self._condition(plan.timesteps, cond, x)
+            return self._condition(plan, cond, x)
 
     @staticmethod
     def supported(policy: DiffusionPolicy) -> bool:

@@ -107,7 +107,7 @@ class _StepWriter:
         g = self.g
         k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
         c_in, c_out = conv.in_channels, conv.out_channels
-        weight = g.const(_np(conv.weight).reshape(c_out, c_in * k))  # columns (c, j)
+        weight = _np(conv.weight).reshape(c_out, c_in * k)  # columns (c, j)
         bias = g.const(_np(conv.bias))
         t_out = (t + 2 * p - k) // s + 1
         if not (k == 1 and s == 1 and p == 0):
@@ -120,8 +120,8 @@ class _StepWriter:
             x = g.op("MatMul", x, g.const(select))  # (1, C_in, k * T_out)
         x = g.op("Reshape", x, g.shape(c_in * k, t_out))  # rows (c, j)
         if self.int8 and c_in * k >= INT8_MIN_DEPTH:
-            return self._int8_product(x, _np(conv.weight).reshape(c_out, c_in * k), bias), t_out
-        return g.op("Gemm", x, weight, bias, transA=1, transB=1), t_out
+            return self._int8_product(x, weight, bias), t_out
+        return g.op("Gemm", x, g.const(weight), bias, transA=1, transB=1), t_out
 
     def _int8_product(self, cols: str, weight: np.ndarray, bias: str) -> str:
         """``cols^T @ weight^T + bias`` with int8 weights (symmetric, per output channel)."""
@@ -290,7 +290,6 @@ class OrtUnetStep:
         self._params = list(unet.unet.parameters())  # the same objects for the module's life (loads copy in place)
         self._weights: tuple | None = None
         self._sessions: dict[tuple, object] = {}
-        self._session = None  # the single-step session of the current chunk
 
     def _weights_key(self) -> tuple:
         return tuple((p.data_ptr(), p._version) for p in self._params)
@@ -318,25 +317,31 @@ class OrtUnetStep:
             self._sessions[what] = self._build(what)
         return self._sessions[what]
 
-    def condition(self, timesteps: torch.Tensor, global_cond: torch.Tensor, sample: torch.Tensor) -> np.ndarray:
-        """The FiLM inputs ``(K, B, F)`` of the chunk's steps (computed once per chunk); also picks the
-        single-step session for ``sample``'s shape and the current weights, building it if needed."""
+    def _what(self, plan: SamplingPlan, sample: torch.Tensor) -> tuple:
+        """The session ``plan`` runs on: the whole loop when it is noise-free, else the single step."""
+        shape = tuple(sample.shape[1:])
+        return ("step", *shape) if plan.draws_noise else ("loop", *shape, len(plan), plan.clip)
+
+    def condition(self, plan: SamplingPlan, global_cond: torch.Tensor, sample: torch.Tensor) -> np.ndarray:
+        """The FiLM inputs ``(K, B, F)`` of the chunk's steps (computed once per chunk); also builds the
+        session that ``plan`` runs on for the current weights, if needed (so that a failure shows here)."""
         if sample.device.type != "cpu":
             raise ValueError(f"the ONNX Runtime backend runs on the CPU; the policy is on {sample.device}")
-        self._session = self._get(("step", *sample.shape[1:]))
-        return np.ascontiguousarray(self.unet.film_table(timesteps, global_cond).float().numpy())
+        self._get(self._what(plan, sample))
+        return np.ascontiguousarray(self.unet.film_table(plan.timesteps, global_cond).float().numpy())
 
     def __call__(self, x: torch.Tensor, films: np.ndarray) -> torch.Tensor:
         """Predicted noise for ``x`` ``(B, T, A)`` at the step whose FiLM inputs ``(B, F)`` are ``films``."""
+        session = self._get(("step", *x.shape[1:]))
         xs = x.detach().float().contiguous().numpy()
-        out = [self._session.run(None, {"x": xs[b : b + 1], "film": films[b]})[0] for b in range(len(xs))]
+        out = [session.run(None, {"x": xs[b : b + 1], "film": films[b]})[0] for b in range(len(xs))]
         return torch.from_numpy(out[0] if len(out) == 1 else np.concatenate(out))
 
     def sample(self, plan: SamplingPlan, x: torch.Tensor, films: np.ndarray) -> torch.Tensor:
         """All steps of a noise-free ``plan`` (DDIM) from ``x`` in one session run per sample."""
         if plan.draws_noise:
             raise ValueError("the ONNX Runtime sampling loop runs noise-free plans only")
-        session = self._get(("loop", *x.shape[1:], len(plan), plan.clip))
+        session = self._get(self._what(plan, x))
         coef = torch.stack([plan.sqrt_beta, plan.sqrt_alpha, plan.c_x0, plan.c_x, plan.c_eps], dim=1)
         coef = np.ascontiguousarray(coef.float().cpu().numpy())
         xs = x.detach().float().contiguous().numpy()
