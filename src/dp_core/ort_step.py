@@ -189,7 +189,7 @@ class _StepWriter:
         """Nodes of one step: the predicted noise ``(1, T, A)`` for ``x`` ``(1, T, A)`` and one ``film`` vector."""
         g, fast = self.g, self.unet
         unet = fast.unet
-        sizes = [n for block in fast.blocks for n in (block.block2[0].out_channels,) * 2]
+        sizes = fast.film_sizes()
         films = g.op("Split", film, g.const(np.array(sizes, np.int64)), outputs=len(sizes), axis=0)
         film_of = [(films[2 * i], films[2 * i + 1]) for i in range(len(fast.blocks))]
         x = g.op("Transpose", x, perm=[0, 2, 1])
@@ -222,11 +222,14 @@ class _StepWriter:
         h = self.g.helper
         graph = h.make_graph(self.g.nodes, name, [h.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
                              [h.make_tensor_value_info(output[0], TensorProto.FLOAT, output[1])], self.g.inits)
-        opsets = [h.make_opsetid("", OPSET)] + ([h.make_opsetid("com.microsoft", 1)] if self.int8 else [])
-        return h.make_model(graph, opset_imports=opsets, producer_name="dp_core")
+        return h.make_model(graph, opset_imports=self._opsets(), producer_name="dp_core")
 
     def film_size(self) -> int:
-        return 2 * sum(block.block2[0].out_channels for block in self.unet.blocks)
+        return sum(self.unet.film_sizes())
+
+    def _opsets(self) -> list:
+        h = self.g.helper
+        return [h.make_opsetid("", OPSET)] + ([h.make_opsetid("com.microsoft", 1)] if self.int8 else [])
 
     def write(self, horizon: int, action_dim: int):
         self.eps("x", "film", horizon, action_dim, out="eps")
@@ -265,8 +268,7 @@ class _StepWriter:
              h.make_tensor_value_info("films", TensorProto.FLOAT, [steps, self.film_size()]),
              h.make_tensor_value_info("coef", TensorProto.FLOAT, [steps, 5])],
             [h.make_tensor_value_info("out", TensorProto.FLOAT, shape)], [count])
-        opsets = [h.make_opsetid("", OPSET)] + ([h.make_opsetid("com.microsoft", 1)] if self.int8 else [])
-        return h.make_model(graph, opset_imports=opsets, producer_name="dp_core")
+        return h.make_model(graph, opset_imports=self._opsets(), producer_name="dp_core")
 
 
 def unet_step_model(unet: FastUnet1D, horizon: int, action_dim: int, int8: bool = False):

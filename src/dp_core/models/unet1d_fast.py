@@ -105,6 +105,10 @@ class FastUnet1D:
                 if not ok:
                     raise ValueError(f"FastUnet1D does not support {conv}")
 
+    def film_sizes(self) -> list[int]:
+        """Widths of the parts of a :meth:`film_table` row: ``scale, bias`` of each block in turn."""
+        return [block.block2[0].out_channels for block in self.blocks for _ in range(2)]
+
     def film_table(self, timesteps: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
         """FiLM ``scale, bias`` of every block, concatenated: ``(K, B, F)`` for the ``K`` ``timesteps``.
 
@@ -120,8 +124,8 @@ class FastUnet1D:
 
     def condition(self, timesteps: torch.Tensor, global_cond: torch.Tensor) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
         """FiLM ``(scale, bias)`` of every block, ``(B, 1, C)`` each, for each of ``timesteps`` (K,)."""
-        sizes = [block.block2[0].out_channels for block in self.blocks for _ in range(2)]
-        parts = [p.unsqueeze(2).unbind(0) for p in self.film_table(timesteps, global_cond).split(sizes, dim=-1)]
+        table = self.film_table(timesteps, global_cond)
+        parts = [p.unsqueeze(2).unbind(0) for p in table.split(self.film_sizes(), dim=-1)]
         return [[(parts[2 * j][i], parts[2 * j + 1][i]) for j in range(len(self.blocks))] for i in range(len(timesteps))]
 
     def _res(self, block: FiLMResBlock, x: torch.Tensor, film: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
