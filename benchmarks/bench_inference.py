@@ -45,7 +45,12 @@ PATHS = {"reference": InferenceOptions(fast=False), "fast": InferenceOptions(),
          "fast-ort": InferenceOptions(backend="onnxruntime"),
          "fast-ort-int8": InferenceOptions(backend="onnxruntime", precision="int8"), "fast-splitk": InferenceOptions(split_k=True),
          "fast-bf16-splitk": InferenceOptions(precision="bf16", split_k=True),
-         "fast-bf16-compile-splitk": InferenceOptions(precision="bf16", compile=True, split_k=True)}
+         "fast-bf16-compile-splitk": InferenceOptions(precision="bf16", compile=True, split_k=True),
+         "fast-triton": InferenceOptions(split_k="triton"), "fast-bf16-triton": InferenceOptions(precision="bf16", split_k="triton"),
+         "fast-compile-triton": InferenceOptions(compile=True, split_k="triton"),
+         "fast-bf16-compile-triton": InferenceOptions(precision="bf16", compile=True, split_k="triton"),
+         "fast-nosplit": InferenceOptions(split_k=False),
+         "fast-bf16-compile-nosplit": InferenceOptions(precision="bf16", compile=True, split_k=False)}
 # The targets: rows that must be measured on every run of the default matrix.
 TARGET_ROWS = [
     ("pusht_state_unet_small", 0, None, "ddim16"),

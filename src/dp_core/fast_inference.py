@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from .models import ConditionalUnet1D
-from .models.unet1d_fast import FastUnet1D
+from .models import skinny_matmul
+from .models.unet1d_fast import FastUnet1D, SplitK
 from .ort_step import OrtUnetStep
 from .sampling import SamplingPlan, plan_supported
 
@@ -57,7 +58,8 @@ class InferenceOptions:
     operators; compiling takes minutes on first use, so it is off by default).
     ``split_k``: on CUDA, the UNet's products with few rows (batch x horizon) and a deep reduction as
     partial products over slices of the reduction, summed (:func:`~dp_core.models.unet1d_fast.split_k_factor`);
-    ``auto`` = on for fp32 (H100, paper-size image UNet, DDIM 16: 29.5 -> 25.0 ms), off for bf16 (slower there).
+    ``True``: one batched product over the slices, then their sum; ``triton``: one Triton kernel per product
+    (:mod:`~dp_core.models.skinny_matmul`); ``auto``: see :meth:`FastSampler._split_k`.
     ``backend``: ``onnxruntime`` runs the UNet's denoising step in ONNX Runtime (CPU only; the graph is
     written from the weights on first use, well under a second), :mod:`dp_core.ort_step`; ``auto`` picks it for a UNet policy on the CPU
     when onnxruntime is installed and ``compile`` is off, else ``torch``.
@@ -68,7 +70,7 @@ class InferenceOptions:
     cuda_graph: bool = True
     channels_last: bool = True
     compile: bool = False
-    split_k: bool | Literal["auto"] = "auto"
+    split_k: bool | Literal["auto", "triton"] = "auto"
     backend: Literal["torch", "onnxruntime", "auto"] = "torch"
 
     def __post_init__(self) -> None:
@@ -76,8 +78,8 @@ class InferenceOptions:
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'int8', got {self.precision!r}")
         if self.precision == "int8" and self.backend == "torch":
             raise ValueError("precision 'int8' runs on the ONNX Runtime backend (backend 'onnxruntime' or 'auto')")
-        if self.split_k not in (True, False, "auto"):
-            raise ValueError(f"split_k must be true, false or 'auto', got {self.split_k!r}")
+        if self.split_k not in (True, False, "auto", "triton"):
+            raise ValueError(f"split_k must be true, false, 'auto' or 'triton', got {self.split_k!r}")
         if self.backend not in ("torch", "onnxruntime", "auto"):
             raise ValueError(f"backend must be 'torch', 'onnxruntime' or 'auto', got {self.backend!r}")
         if self.backend == "onnxruntime" and self.compile:
@@ -120,8 +122,7 @@ class FastSampler:
     def _step_unet(self) -> FastUnet1D:
         """The UNet of the denoising steps: with bf16 on CUDA a bf16 copy of the weights, updated in place
         (so that captured graphs stay valid) whenever a weight of the module changed."""
-        split = self.options.precision == "fp32" if self.options.split_k == "auto" else self.options.split_k
-        self.unet.split_k = split and self.policy.device.type == "cuda"
+        self.unet.split_k = self._split_k()
         if not (self.options.precision == "bf16" and self.policy.device.type == "cuda"):
             return self.unet
         params = list(self.unet.unet.parameters())
@@ -137,6 +138,19 @@ class FastSampler:
             self._bf16 = (self._bf16[0], versions)
         self._bf16[0].split_k = self.unet.split_k
         return self._bf16[0]
+
+    def _split_k(self) -> SplitK:
+        """``options.split_k`` resolved for this device: ``auto`` = the Triton kernel for fp32, and for bf16
+        under ``compile`` (which fuses the sum of its partial products); without Triton, the batched
+        split for fp32 only."""
+        if self.policy.device.type != "cuda":
+            return False
+        if self.options.split_k != "auto":
+            return self.options.split_k
+        fp32 = self.options.precision == "fp32"
+        if skinny_matmul.available():
+            return "triton" if fp32 or self.options.compile else False
+        return fp32
 
     def _torch_step(self, x: torch.Tensor, films: list) -> torch.Tensor:
         unet = self._step_unet()

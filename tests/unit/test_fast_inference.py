@@ -115,6 +115,38 @@ def test_fast_unet_equals_module(down_dims: list[int], kernel: int) -> None:
             assert torch.allclose(out, ref, rtol=0, atol=1e-5), (out - ref).abs().max()
 
 
+TRITON_UNET = """
+import torch
+from dp_core.models import ConditionalUnet1D
+from dp_core.models.unet1d_fast import FastUnet1D
+
+torch.manual_seed(0)
+net = ConditionalUnet1D(2, 10, [32, 64], kernel_size=5, n_groups=4, step_embed_dim=16).eval()
+x, cond = torch.randn(1, 16, 2), torch.randn(1, 10)
+with torch.inference_mode():
+    plain, triton = FastUnet1D(net), FastUnet1D(net, split_k="triton")
+    films = plain.condition(torch.tensor([50]), cond)[0]
+    ref, out = plain.step(x, films), triton.step(x, films)
+err = (out - ref).abs().max().item()
+assert err < 1e-4, err
+print("ok")
+"""
+
+
+def test_fast_unet_triton_products_equal_module() -> None:
+    """``split_k="triton"`` (the Triton split-K kernel for products of >= 256 inputs), run on the CPU by
+    Triton's interpreter: same step as the plain products."""
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", TRITON_UNET], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-4000:]
+
+
 def test_fast_unet_refuses_unsupported_convolutions() -> None:
     net = ConditionalUnet1D(2, 4, [8, 16], n_groups=4, step_embed_dim=8)
     net.head[1] = torch.nn.Conv1d(8, 2, 1, dilation=2)
@@ -250,6 +282,26 @@ def test_cuda_split_k_equals_reference(precision: str, tol: float, monkeypatch: 
         b = ref.predict_action(obs, generator=torch.Generator("cuda").manual_seed(seed), num_inference_steps=8)["action_pred"]
         assert (fast.normalizer.action(a) - fast.normalizer.action(b)).abs().max().item() < tol
     assert fast._fast.unet.split_k
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision,tol,compile", [("fp32", 1e-4, False), ("bf16", 5e-2, False), ("bf16", 5e-2, True)])
+def test_cuda_triton_products_equal_reference(precision: str, tol: float, compile: bool,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``split_k="triton"``: the Triton split-K kernel inside the captured graph (and under torch.compile)."""
+    pytest.importorskip("triton")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    cfg = tiny_policy_config(IMAGE, 2, unet=UnetConfig(down_dims=[256, 512], step_embed_dim=32))
+    fast, ref = _policies(cfg)
+    fast.to("cuda").configure_inference(InferenceOptions(precision=precision, split_k="triton", compile=compile))
+    ref.to("cuda")
+    obs = {k: v.cuda() for k, v in _obs(cfg).items()}
+    for seed in (1, 2):
+        a = fast.predict_action(obs, generator=torch.Generator("cuda").manual_seed(seed), num_inference_steps=8)["action_pred"]
+        b = ref.predict_action(obs, generator=torch.Generator("cuda").manual_seed(seed), num_inference_steps=8)["action_pred"]
+        assert (fast.normalizer.action(a) - fast.normalizer.action(b)).abs().max() < tol
+    assert fast._fast.unet.split_k == "triton"
 
 
 def test_onnxruntime_backend_equals_reference() -> None:

@@ -18,11 +18,16 @@ Outputs equal the module's within float rounding (tested to 1e-5 in fp32).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .skinny_matmul import skinny_linear, skinny_supported
 from .unet1d import ConditionalUnet1D, FiLMResBlock
+
+SplitK = bool | Literal["triton"]
 
 
 def split_k_factor(rows: int, depth: int, cols: int, units: int = 132) -> int:
@@ -35,9 +40,14 @@ def split_k_factor(rows: int, depth: int, cols: int, units: int = 132) -> int:
     return split
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, split_k: bool) -> torch.Tensor:
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, split_k: SplitK) -> torch.Tensor:
     """``F.linear`` on 2-D ``x``; with ``split_k``, as partial products over slices of the input dimension
-    (one batched product, then their sum), so that a product of few rows keeps the whole GPU busy."""
+    (one batched product, then their sum), so that a product of few rows keeps the whole GPU busy;
+    ``"triton"``: the same split in one Triton kernel (:mod:`.skinny_matmul`) where it applies."""
+    if split_k == "triton":
+        if skinny_supported(x, weight):
+            return skinny_linear(x, weight, bias).to(x.dtype)
+        return F.linear(x, weight, bias)
     split = split_k_factor(x.shape[0], x.shape[1], weight.shape[0]) if split_k else 1
     if split == 1:
         return F.linear(x, weight, bias)
@@ -49,7 +59,7 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sp
     return out if bias is None else out + bias
 
 
-def conv1d_time_major(x: torch.Tensor, conv: nn.Conv1d, split_k: bool = False) -> torch.Tensor:
+def conv1d_time_major(x: torch.Tensor, conv: nn.Conv1d, split_k: SplitK = False) -> torch.Tensor:
     """``conv(x)`` for time-major ``x`` of shape ``(B, T, C_in)``; returns ``(B, T_out, C_out)``."""
     k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
     b = x.shape[0]
@@ -88,7 +98,7 @@ class FastUnet1D:
     the ``i``-th timestep. Holds no weights of its own, only the module.
     """
 
-    def __init__(self, unet: ConditionalUnet1D, split_k: bool = False) -> None:
+    def __init__(self, unet: ConditionalUnet1D, split_k: SplitK = False) -> None:
         self.unet = unet
         self.split_k = split_k
         self.blocks: list[FiLMResBlock] = []

@@ -1,0 +1,198 @@
+"""Split-K Triton kernel for "skinny" products ``x @ weight.T`` with few rows (``M <= 16``).
+
+At inference the diffusion-policy UNet multiplies a handful of rows (batch x horizon, e.g. 4 to 16)
+by convolution weights of up to 1024 x 10240. These products are bound by reading the weight once,
+but cuBLAS tiles only the output, so it launches about ``N / 128`` thread blocks and leaves most of
+an H100 idle, far below memory bandwidth. This kernel also splits the reduction dimension ``K``
+over ``SPLIT`` programs per output tile, so that about twice as many programs as multiprocessors
+stream the weight, and writes one fp32 partial product per slice; no atomics, so the result is
+deterministic. The sum over slices (and the bias) is left to the caller: under ``torch.compile``
+inductor fuses it into the element-wise / group-norm kernel that follows.
+
+The op is registered as ``torch.ops.dp_core.skinny_partials`` with a fake implementation, and its
+launch configuration is a fixed function of shapes, dtype and SM count (no autotuning), so it runs
+under ``torch.compile(dynamic=False)`` and inside CUDA graph capture. With ``TRITON_INTERPRET=1``
+set before Triton is imported, the kernel also runs on CPU tensors (used by the tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import NamedTuple
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: skinny_supported() is False
+    triton = None
+
+MAX_ROWS = 16
+MIN_DEPTH = 256
+_MIN_SLICE = 256
+_DTYPES = (torch.float32, torch.bfloat16)
+
+
+class LaunchConfig(NamedTuple):
+    """Tile sizes, warps and pipeline stages of the kernel; ``input_precision`` of its fp32 dots."""
+
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    input_precision: str | None = None
+
+
+# Defaults by weight dtype, from benchmarks/bench_skinny_matmul.py on an H100 (the UNet's shapes, M = 4
+# and 16). bf16: 32 x 128 weight tiles (8 KiB a stage), four stages; within 5% of the best swept config
+# on every shape, 1.8 to 2.2 TB/s of weight reads on the large ones. fp32: dots as "tf32x3" (three
+# tensor-core products of split operands, about fp32 accuracy, tested to 1e-4); exact "ieee" dots run on
+# FMA units and left the kernel compute-bound at about 0.8 TB/s, against 2.3 TB/s with "tf32x3".
+CONFIGS: dict[torch.dtype, LaunchConfig] = {
+    torch.bfloat16: LaunchConfig(32, 128, 4, 4),
+    torch.float32: LaunchConfig(64, 64, 4, 3, "tf32x3"),
+}
+
+if triton is not None:
+
+    @triton.jit
+    def _skinny_partials_kernel(
+        x_ptr, w_ptr, out_ptr, M, N, K, K_PER_SPLIT,
+        stride_xm, stride_xk, stride_wn, stride_wk,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        EVEN_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):
+        """Program (n, s): the fp32 product of x[:, slice s] and weight[tile n, slice s] into out[s]."""
+        pid_n = tl.program_id(0)
+        pid_s = tl.program_id(1)
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_k = pid_s * K_PER_SPLIT + tl.arange(0, BLOCK_K)
+        mask_m = offs_m < M
+        mask_n = offs_n < N
+        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk
+        w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K_PER_SPLIT, BLOCK_K):
+            if EVEN_K:  # every slice is full, and slices are multiples of BLOCK_K
+                x = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)
+                w = tl.load(w_ptrs, mask=mask_n[:, None], other=0.0)
+            else:
+                mask_k = offs_k < K - k0
+                x = tl.load(x_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+                w = tl.load(w_ptrs, mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+            x = x.to(w.dtype)
+            if UPCAST:  # the interpreter's dot multiplies bf16 as raw uint16; bf16 products are exact in fp32
+                x = x.to(tl.float32)
+                w = w.to(tl.float32)
+            acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
+            x_ptrs += BLOCK_K * stride_xk
+            w_ptrs += BLOCK_K * stride_wk
+        out_ptrs = out_ptr + pid_s * M * N + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(out_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
+
+
+def available() -> bool:
+    """Whether Triton is installed (the kernel then runs on CUDA tensors)."""
+    return triton is not None
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def skinny_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`skinny_partials` handles ``x @ weight.T`` (CUDA, or CPU under the Triton interpreter)."""
+    return (
+        triton is not None
+        and (x.is_cuda or _interpreting())
+        and x.device == weight.device
+        and x.dim() == 2
+        and 1 <= x.shape[0] <= MAX_ROWS
+        and weight.dim() == 2
+        and weight.is_contiguous()
+        and weight.shape[1] == x.shape[1] >= MIN_DEPTH
+        and weight.shape[0] >= 1
+        and x.dtype in _DTYPES
+        and weight.dtype in _DTYPES
+    )
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 132
+
+
+def _config(weight: torch.Tensor, **overrides: int | str | None) -> LaunchConfig:
+    """The dtype's default launch configuration with the fields given (not ``None``) in ``overrides``."""
+    return CONFIGS[weight.dtype]._replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _split(depth: int, tiles: int, block_k: int, units: int, split: int | None) -> tuple[int, int]:
+    """``(SPLIT, K_PER_SPLIT)``: a requested ``split`` as given (trailing slices may be empty); else
+    about ``2 * units`` programs in all, slices of at least 256 (or ``block_k``), multiples of ``block_k``."""
+    if split is None:
+        most = max(1, depth // max(_MIN_SLICE, block_k))
+        split = min(max(1, -(-2 * units // tiles)), most)
+        per = -(-depth // split)
+        per = -(-per // block_k) * block_k
+        return -(-depth // per), per
+    if split < 1:
+        raise ValueError(f"split must be >= 1, got {split}")
+    per = -(-depth // split)
+    return split, -(-per // block_k) * block_k
+
+
+def _launch_shape(x: torch.Tensor, weight: torch.Tensor, split: int | None, config: LaunchConfig) -> tuple[int, int]:
+    """``(SPLIT, K_PER_SPLIT)`` of a launch: a function of shapes, config and SM count alone."""
+    tiles = -(-weight.shape[0] // config.block_n)
+    return _split(weight.shape[1], tiles, config.block_k, _sm_count(x.device), split)
+
+
+@torch.library.custom_op("dp_core::skinny_partials", mutates_args=())
+def skinny_partials(
+    x: torch.Tensor, weight: torch.Tensor, split: int | None = None, block_n: int | None = None,
+    block_k: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
+    input_precision: str | None = None,
+) -> torch.Tensor:
+    """Partial products ``(SPLIT, M, N)`` in fp32 of ``x (M, K) @ weight (N, K).T`` over slices of ``K``;
+    their sum over dim 0 is the product. Launch fields left ``None`` come from :data:`CONFIGS`."""
+    if triton is None:
+        raise RuntimeError("skinny_partials needs Triton")
+    config = _config(weight, block_n=block_n, block_k=block_k, num_warps=num_warps, num_stages=num_stages,
+                     input_precision=input_precision)
+    n_split, per = _launch_shape(x, weight, split, config)
+    m, depth = x.shape
+    n = weight.shape[0]
+    out = torch.empty((n_split, m, n), dtype=torch.float32, device=x.device)
+    _skinny_partials_kernel[(triton.cdiv(n, config.block_n), n_split)](
+        x, weight, out, m, n, depth, per, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
+        BLOCK_M=MAX_ROWS, BLOCK_N=config.block_n, BLOCK_K=config.block_k, EVEN_K=n_split * per == depth,
+        PRECISION=config.input_precision, UPCAST=_interpreting(),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return out
+
+
+@skinny_partials.register_fake
+def _(
+    x: torch.Tensor, weight: torch.Tensor, split: int | None = None, block_n: int | None = None,
+    block_k: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
+    input_precision: str | None = None,
+) -> torch.Tensor:
+    config = _config(weight, block_n=block_n, block_k=block_k, num_warps=num_warps, num_stages=num_stages,
+                     input_precision=input_precision)
+    n_split, _ = _launch_shape(x, weight, split, config)
+    return x.new_empty((n_split, x.shape[0], weight.shape[0]), dtype=torch.float32)
+
+
+def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  **launch: int | str | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` in fp32 for 2-D ``x`` via :func:`skinny_partials` (``launch``: its
+    ``split`` and config overrides)."""
+    out = skinny_partials(x, weight, **launch).sum(0)
+    return out if bias is None else out + bias.float()

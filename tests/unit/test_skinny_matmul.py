@@ -1,0 +1,122 @@
+"""The split-K skinny kernel computes ``F.linear``: on CPU under the Triton interpreter, and on CUDA."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import REPO
+
+from dp_core.models.skinny_matmul import (
+    skinny_linear,
+    skinny_partials,
+    skinny_supported,
+)
+
+pytest.importorskip("triton")
+
+# Runs in a child process: TRITON_INTERPRET must be set before Triton is imported.
+INTERPRETED = textwrap.dedent("""
+    import torch
+    import torch.nn.functional as F
+    from dp_core.models.skinny_matmul import skinny_linear, skinny_partials, skinny_supported
+
+    torch.manual_seed(0)
+    cases = [(1, 64, 256, None), (4, 200, 640, None), (16, 200, 1000, None), (4, 64, 1000, 3),
+             (16, 64, 640, 1), (1, 200, 256, 4)]
+    for dtype, tol in [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)]:
+        for m, n, k, split in cases:
+            x, w, b = torch.randn(m, k), torch.randn(n, k).to(dtype), torch.randn(n)
+            assert skinny_supported(x, w)
+            parts = skinny_partials(x, w, split)
+            assert parts.dtype == torch.float32 and parts.shape[1:] == (m, n)
+            assert split is None or parts.shape[0] == split
+            for bias in (None, b):
+                ref = F.linear(x.to(dtype).float(), w.float(), bias)
+                out = skinny_linear(x, w, bias, split=split)
+                err = ((out - ref).abs().max() / ref.abs().max()).item()
+                assert out.dtype == torch.float32 and err < tol, (dtype, m, n, k, split, err)
+    x = torch.randn(16, 640)[:, ::2]  # strided rows and columns
+    w = torch.randn(64, 320)
+    assert torch.allclose(skinny_linear(x, w, None, block_k=32), x @ w.T, rtol=1e-4, atol=1e-4)
+    torch.library.opcheck(skinny_partials, (torch.randn(4, 256), torch.randn(64, 256).bfloat16(), 2))
+    print("ok")
+""")
+
+
+def test_interpreted_kernel_matches_linear() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-4000:]
+
+
+def test_supported_shapes() -> None:
+    x, w = torch.randn(4, 256), torch.randn(64, 256)
+    assert not skinny_supported(x, w)  # CPU without the interpreter
+    if torch.cuda.is_available():
+        x, w = x.cuda(), w.cuda()
+        assert skinny_supported(x, w) and skinny_supported(x.bfloat16(), w.bfloat16())
+        assert not skinny_supported(torch.randn(17, 256, device="cuda"), w)
+        assert not skinny_supported(x[:, :128], w[:, :128])  # K < 256
+        assert not skinny_supported(x, w.t().contiguous().t())  # non-contiguous weight
+        assert not skinny_supported(x.half(), w.half())
+
+
+UNET_SHAPES = [(256, 1280), (512, 2560), (1024, 5120), (1024, 10240), (512, 5120)]
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("m", [16, 8, 4])
+def test_unet_shapes_cuda(m: int, dtype: torch.dtype, tol: float) -> None:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for n, k in UNET_SHAPES:
+        x = torch.randn(m, k, device="cuda", generator=g).to(dtype)
+        w = torch.randn(n, k, device="cuda", generator=g).to(dtype)
+        b = torch.randn(n, device="cuda", generator=g).to(dtype)
+        assert skinny_supported(x, w)
+        ref = F.linear(x.double(), w.double(), b.double())
+        out = skinny_linear(x, w, b)
+        err = ((out - ref).abs().max() / ref.abs().max()).item()
+        assert out.dtype == torch.float32 and err < tol, (n, k, err)
+        assert torch.equal(out, skinny_linear(x, w, b))  # deterministic
+        if dtype == torch.float32:  # the exact FMA dots, as an override
+            exact = skinny_linear(x, w, b, input_precision="ieee")
+            assert ((exact - ref).abs().max() / ref.abs().max()).item() < tol
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_and_compile(dtype: torch.dtype) -> None:
+    x = torch.randn(8, 2560, device="cuda", dtype=dtype)
+    w = torch.randn(512, 2560, device="cuda", dtype=dtype)
+    b = torch.randn(512, device="cuda", dtype=dtype)
+    torch.library.opcheck(skinny_partials, (x, w))
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        skinny_linear(x, w, b)  # warm up (compiles the kernel) outside capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = skinny_linear(x, w, b)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, F.linear(x.float(), w.float(), b.float()), rtol=1e-3, atol=1e-3)
+    assert torch.equal(out, skinny_linear(x, w, b))
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return F.mish(skinny_linear(x, w, b))
+
+    compiled = torch.compile(fn, dynamic=False, fullgraph=True)
+    torch.testing.assert_close(compiled(x), fn(x), rtol=1e-5, atol=1e-5)
