@@ -33,7 +33,7 @@ from .models import ConditionalUnet1D
 from .models import skinny_matmul
 from .models.unet1d_fast import FastUnet1D, SplitK
 from .ort_step import OrtUnetStep
-from .sampling import SamplingPlan, plan_supported
+from .sampling import SamplingPlan, noise_free_update, plan_supported
 
 if TYPE_CHECKING:
     from .policy import DiffusionPolicy
@@ -54,8 +54,9 @@ class InferenceOptions:
     ``cuda_graph``: capture and replay noise-free sampling calls on CUDA.
     ``channels_last``: convert the image encoders' weights to channels-last layout on first use
     (leave it off for a policy that is being trained).
-    ``compile``: the UNet's denoising step through ``torch.compile`` (inductor fuses its many small
-    operators; compiling takes minutes on first use, so it is off by default).
+    ``compile``: the observation encoder and the UNet's denoising step (with the sampler update, for
+    noise-free plans) through ``torch.compile`` (inductor fuses their many small operators; compiling
+    takes a minute or more on first use, so it is off by default).
     ``split_k``: on CUDA, the UNet's products with few rows (batch x horizon) and a deep reduction as
     partial products over slices of the reduction, summed (:func:`~dp_core.models.unet1d_fast.split_k_factor`);
     ``True``: one batched product over the slices, then their sum; ``triton``: one Triton kernel per product
@@ -110,7 +111,10 @@ class FastSampler:
                 ort = OrtUnetStep(self.unet, int8=options.precision == "int8")
                 self._condition, self._unet_step = ort.condition, ort
         self._bf16: tuple[FastUnet1D, tuple] | None = None  # (bf16 copy, versions of the weights it holds)
-        self._compiled: tuple[FastUnet1D, Callable] | None = None
+        self._compiled: tuple[FastUnet1D, Callable] | None = None  # the UNet step
+        self._compiled_update: tuple[FastUnet1D, Callable] | None = None  # step + noise-free sampler update
+        self._compiled_encode: Callable | None = None
+        self._step_index: dict[int, list[torch.Tensor]] = {}  # id(plan) -> index tensor (1,) of each step
         self._plans: dict[tuple, SamplingPlan] = {}
         self._graphs: dict[tuple, _Graph] = {}
         self._channels_last_done = False
@@ -160,6 +164,28 @@ class FastSampler:
             self._compiled = (unet, torch.compile(unet.step, dynamic=False))
         return self._compiled[1](x, films)
 
+    def _compiled_step_update(self, plan: SamplingPlan, i: int, x: torch.Tensor, films: list) -> torch.Tensor:
+        """Step ``i`` of a noise-free plan with the UNet step and the sampler update compiled together (one
+        compiled function for every step: the step's coefficients are gathered on the device by a one-element
+        index tensor; indexing by a 0-d tensor would read it on the host, which a CUDA graph capture forbids)."""
+        unet = self._step_unet()
+        if self._compiled_update is None or self._compiled_update[0] is not unet:
+            def step_update(x: torch.Tensor, films: list, index: torch.Tensor, table: tuple, clip: float | None) -> torch.Tensor:
+                return noise_free_update(unet.step(x, films), x, tuple(t.index_select(0, index) for t in table), clip)
+
+            self._compiled_update = (unet, torch.compile(step_update, dynamic=False))
+        if id(plan) not in self._step_index:
+            self._step_index[id(plan)] = [torch.tensor([k], device=x.device) for k in range(len(plan))]
+        table = (plan.sqrt_beta, plan.sqrt_alpha, plan.c_x0, plan.c_x, plan.c_eps)
+        return self._compiled_update[1](x, films, self._step_index[id(plan)][i], table, plan.clip)
+
+    def _encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        if not self.options.compile:
+            return self.policy.encode(obs)
+        if self._compiled_encode is None:
+            self._compiled_encode = torch.compile(self.policy.encode, dynamic=False)
+        return self._compiled_encode(obs)
+
     def _films(self, plan: SamplingPlan, cond: torch.Tensor, x: torch.Tensor) -> list:
         try:
             return self._condition(plan, cond, x)
@@ -197,6 +223,10 @@ class FastSampler:
             films = self._films(plan, cond, x)
             if isinstance(self._unet_step, OrtUnetStep) and not plan.draws_noise:
                 return self._unet_step.sample(plan, x, films)  # the whole loop in one ONNX Runtime run
+            if self.options.compile and not plan.draws_noise:
+                for i in range(len(plan)):
+                    x = self._compiled_step_update(plan, i, x, films[i])
+                return x
             for i in range(len(plan)):
                 x = plan.step(i, self._unet_step(x, films[i]), x, generator)
             return x
@@ -207,7 +237,7 @@ class FastSampler:
     def _encode_and_denoise(self, plan: SamplingPlan, generator: torch.Generator | None) -> Callable:
         def run(obs: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
             with self._autocast():
-                return self._denoise(plan, x, self.policy.encode(obs).float(), generator)
+                return self._denoise(plan, x, self._encode(obs).float(), generator)
 
         return run
 

@@ -99,15 +99,26 @@ class SamplingPlan:
     def draws_noise(self) -> bool:
         return any(self.noisy)
 
+    def coefficients(self, i: int) -> tuple[torch.Tensor, ...]:
+        """``(sqrt_beta, sqrt_alpha, c_x0, c_x, c_eps)`` of step ``i``."""
+        return self.sqrt_beta[i], self.sqrt_alpha[i], self.c_x0[i], self.c_x[i], self.c_eps[i]
+
     def step(self, i: int, eps: torch.Tensor, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The sample after step ``i``; draws noise like diffusers does (same generator, same order)."""
-        eps = eps.float()
-        x0 = (x - self.sqrt_beta[i] * eps) / self.sqrt_alpha[i]
-        if self.clip is not None:
-            x0 = x0.clamp(-self.clip, self.clip)
-        out = self.c_x0[i] * x0 + self.c_x[i] * x + self.c_eps[i] * eps
+        out = noise_free_update(eps, x, self.coefficients(i), self.clip)
         if not self.noisy[i]:  # DDIM, or the last DDPM step
             return out
         gen_device = generator.device if generator is not None else x.device
         noise = torch.randn(x.shape, generator=generator, device=gen_device, dtype=x.dtype).to(x.device)
         return out + self.std[i] * noise
+
+
+def noise_free_update(eps: torch.Tensor, x: torch.Tensor, coefficients: tuple[torch.Tensor, ...],
+                      clip: float | None) -> torch.Tensor:
+    """The update of :meth:`SamplingPlan.step` before any noise, from :meth:`SamplingPlan.coefficients`."""
+    sqrt_beta, sqrt_alpha, c_x0, c_x, c_eps = coefficients
+    eps = eps.float()
+    x0 = (x - sqrt_beta * eps) / sqrt_alpha
+    if clip is not None:
+        x0 = x0.clamp(-clip, clip)
+    return c_x0 * x0 + c_x * x + c_eps * eps

@@ -284,6 +284,26 @@ def test_cuda_split_k_equals_reference(precision: str, tol: float, monkeypatch: 
     assert fast._fast.unet.split_k
 
 
+@pytest.mark.parametrize("scheduler", ["ddim", "ddpm"])
+def test_compile_path_equals_reference(scheduler: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compile=True`` runs the encoder, and the UNet step with the sampler update (one function for every
+    step, its coefficients gathered by a 0-d index tensor), through ``torch.compile``; here that is the
+    identity, so the test checks the path's logic on a CPU (inductor runs in the CUDA tests)."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)
+    cfg = tiny_policy_config(IMAGE, 1)
+    cfg.diffusion.inference_scheduler = scheduler
+    fast, ref = _policies(cfg)
+    fast.configure_inference(InferenceOptions(compile=True))
+    obs = _obs(cfg)
+    for steps in (8, 4):
+        a = fast.predict_action(obs, generator=torch.Generator().manual_seed(steps), num_inference_steps=steps)["action_pred"]
+        b = ref.predict_action(obs, generator=torch.Generator().manual_seed(steps), num_inference_steps=steps)["action_pred"]
+        norm = fast.normalizer.action
+        assert (norm(a) - norm(b)).abs().max().item() < FP32_TOLERANCE
+    assert fast._fast._compiled_encode is not None
+    assert (fast._fast._compiled_update is not None) == (scheduler == "ddim")  # DDPM draws noise: step only
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision,tol,compile", [("fp32", 1e-4, False), ("bf16", 5e-2, False), ("bf16", 5e-2, True)])
 def test_cuda_triton_products_equal_reference(precision: str, tol: float, compile: bool,
@@ -302,6 +322,7 @@ def test_cuda_triton_products_equal_reference(precision: str, tol: float, compil
         b = ref.predict_action(obs, generator=torch.Generator("cuda").manual_seed(seed), num_inference_steps=8)["action_pred"]
         assert (fast.normalizer.action(a) - fast.normalizer.action(b)).abs().max() < tol
     assert fast._fast.unet.split_k == "triton"
+    assert fast._fast._graphs and not fast._fast._graph_failed  # captured, not the uncaptured fallback
 
 
 def test_onnxruntime_backend_equals_reference() -> None:

@@ -14,6 +14,7 @@ from conftest import REPO
 
 from dp_core.models.skinny_matmul import (
     skinny_linear,
+    skinny_linear_finished,
     skinny_partials,
     skinny_supported,
 )
@@ -24,7 +25,8 @@ pytest.importorskip("triton")
 INTERPRETED = textwrap.dedent("""
     import torch
     import torch.nn.functional as F
-    from dp_core.models.skinny_matmul import skinny_linear, skinny_partials, skinny_supported
+    from dp_core.models.skinny_matmul import (_counts, skinny_linear, skinny_linear_finished, skinny_partials,
+                                              skinny_supported)
 
     torch.manual_seed(0)
     cases = [(1, 64, 256, None), (4, 200, 640, None), (16, 200, 1000, None), (4, 64, 1000, 3),
@@ -45,6 +47,17 @@ INTERPRETED = textwrap.dedent("""
     w = torch.randn(64, 320)
     assert torch.allclose(skinny_linear(x, w, None, block_k=32), x @ w.T, rtol=1e-4, atol=1e-4)
     torch.library.opcheck(skinny_partials, (torch.randn(4, 256), torch.randn(64, 256).bfloat16(), 2))
+    # One launch: the last program of each tile sums the partials and adds the bias, in x's dtype.
+    for dtype, tol in [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)]:
+        for m, n, k in [(1, 64, 256), (4, 200, 640), (16, 64, 5120)]:
+            x, w, b = torch.randn(m, k).to(dtype), torch.randn(n, k).to(dtype), torch.randn(n).to(dtype)
+            for bias in (None, b, None):  # twice without bias: the tile counts are back to zero
+                out = skinny_linear_finished(x, w, bias)
+                ref = F.linear(x.float(), w.float(), None if bias is None else bias.float())
+                err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
+                assert out.dtype == dtype and out.shape == (m, n) and err < tol, (dtype, m, n, k, err)
+    assert not any(c.any() for c in _counts.values())
+    torch.library.opcheck(skinny_linear_finished, (torch.randn(4, 256), torch.randn(64, 256), torch.randn(64)))
     print("ok")
 """)
 
@@ -88,6 +101,9 @@ def test_unet_shapes_cuda(m: int, dtype: torch.dtype, tol: float) -> None:
         err = ((out - ref).abs().max() / ref.abs().max()).item()
         assert out.dtype == torch.float32 and err < tol, (n, k, err)
         assert torch.equal(out, skinny_linear(x, w, b))  # deterministic
+        finished = skinny_linear_finished(x, w, b)  # one launch, in x's dtype (partials summed in slice order)
+        assert finished.dtype == dtype and ((finished.float() - ref).abs().max() / ref.abs().max()).item() < tol
+        assert torch.equal(finished, skinny_linear_finished(x, w, b))
         if dtype == torch.float32:  # the exact FMA dots, as an override
             exact = skinny_linear(x, w, b, input_precision="ieee")
             assert ((exact - ref).abs().max() / ref.abs().max()).item() < tol
@@ -115,8 +131,20 @@ def test_cuda_graph_and_compile(dtype: torch.dtype) -> None:
     torch.testing.assert_close(out, F.linear(x.float(), w.float(), b.float()), rtol=1e-3, atol=1e-3)
     assert torch.equal(out, skinny_linear(x, w, b))
 
+    with torch.cuda.stream(stream):
+        skinny_linear_finished(x, w, b)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        finished = skinny_linear_finished(x, w, b)
+    for _ in range(3):  # every replay finds the tile counts back at zero
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(finished.float(), F.linear(x.float(), w.float(), b.float()), rtol=1e-2, atol=1e-2)
+
     def fn(x: torch.Tensor) -> torch.Tensor:
-        return F.mish(skinny_linear(x, w, b))
+        return F.mish(skinny_linear(x, w, b)) + skinny_linear_finished(x, w, b)
 
     compiled = torch.compile(fn, dynamic=False, fullgraph=True)
     torch.testing.assert_close(compiled(x), fn(x), rtol=1e-5, atol=1e-5)

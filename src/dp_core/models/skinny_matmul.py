@@ -59,12 +59,18 @@ if triton is not None:
 
     @triton.jit
     def _skinny_partials_kernel(
-        x_ptr, w_ptr, out_ptr, M, N, K, K_PER_SPLIT,
+        x_ptr, w_ptr, out_ptr, bias_ptr, final_ptr, count_ptr, M, N, K, K_PER_SPLIT, SPLIT,
         stride_xm, stride_xk, stride_wn, stride_wk,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         EVEN_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        FINISH: tl.constexpr, HAS_BIAS: tl.constexpr,
     ):
-        """Program (n, s): the fp32 product of x[:, slice s] and weight[tile n, slice s] into out[s]."""
+        """Program (n, s): the fp32 product of x[:, slice s] and weight[tile n, slice s] into out[s].
+
+        ``FINISH``: the program that completes tile n last (an atomic count per tile) also sums the
+        tile's partials in slice order, adds the bias and stores the result in ``final``'s dtype, then
+        resets the count for the next launch; so the product is one kernel, and still deterministic.
+        """
         pid_n = tl.program_id(0)
         pid_s = tl.program_id(1)
         offs_m = tl.arange(0, BLOCK_M)
@@ -90,8 +96,20 @@ if triton is not None:
             acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
             x_ptrs += BLOCK_K * stride_xk
             w_ptrs += BLOCK_K * stride_wk
-        out_ptrs = out_ptr + pid_s * M * N + offs_m[:, None] * N + offs_n[None, :]
-        tl.store(out_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
+        mask_out = mask_m[:, None] & mask_n[None, :]
+        tile = offs_m[:, None] * N + offs_n[None, :]
+        tl.store(out_ptr + pid_s * M * N + tile, acc, mask=mask_out)
+        if FINISH:
+            tl.debug_barrier()  # every thread's partial is stored before this program is counted
+            arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+            if arrived == SPLIT - 1:
+                total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for s in range(0, SPLIT):  # ".cg": read the other programs' partials from L2, not L1
+                    total += tl.load(out_ptr + s * M * N + tile, mask=mask_out, other=0.0, cache_modifier=".cg")
+                if HAS_BIAS:
+                    total += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+                tl.store(final_ptr + tile, total.to(final_ptr.dtype.element_ty), mask=mask_out)
+                tl.atomic_xchg(count_ptr + pid_n, 0)
 
 
 def available() -> bool:
@@ -153,6 +171,42 @@ def _launch_shape(x: torch.Tensor, weight: torch.Tensor, split: int | None, conf
     return _split(weight.shape[1], tiles, config.block_k, _sm_count(x.device), split)
 
 
+_COUNTS = 1 << 16  # tiles per product that the per-device count buffer serves
+_counts: dict[torch.device, torch.Tensor] = {}
+
+
+def _count_buffer(device: torch.device, tiles: int) -> torch.Tensor:
+    """The per-device tile counts of finishing launches: zero between launches (the last program of a
+    tile resets its count), so one buffer serves every product issued in stream order on the device."""
+    if tiles > _COUNTS:
+        raise ValueError(f"skinny_linear: {tiles} output tiles, at most {_COUNTS}")
+    if device not in _counts:
+        _counts[device] = torch.zeros(_COUNTS, dtype=torch.int32, device=device)
+    return _counts[device]
+
+
+def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, final: torch.Tensor | None,
+            split: int | None, config: LaunchConfig) -> torch.Tensor:
+    """Runs the kernel; returns the partials ``(SPLIT, M, N)`` (into which ``final``, if given, was also summed)."""
+    if triton is None:
+        raise RuntimeError("skinny_linear needs Triton")
+    n_split, per = _launch_shape(x, weight, split, config)
+    m, depth = x.shape
+    n = weight.shape[0]
+    tiles = triton.cdiv(n, config.block_n)
+    partials = torch.empty((n_split, m, n), dtype=torch.float32, device=x.device)
+    finish = final is not None
+    counts = _count_buffer(x.device, tiles) if finish else partials
+    _skinny_partials_kernel[(tiles, n_split)](
+        x, weight, partials, bias if bias is not None else partials, final if finish else partials, counts,
+        m, n, depth, per, n_split, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
+        BLOCK_M=MAX_ROWS, BLOCK_N=config.block_n, BLOCK_K=config.block_k, EVEN_K=n_split * per == depth,
+        PRECISION=config.input_precision, UPCAST=_interpreting(), FINISH=finish, HAS_BIAS=bias is not None,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return partials
+
+
 @torch.library.custom_op("dp_core::skinny_partials", mutates_args=())
 def skinny_partials(
     x: torch.Tensor, weight: torch.Tensor, split: int | None = None, block_n: int | None = None,
@@ -161,21 +215,9 @@ def skinny_partials(
 ) -> torch.Tensor:
     """Partial products ``(SPLIT, M, N)`` in fp32 of ``x (M, K) @ weight (N, K).T`` over slices of ``K``;
     their sum over dim 0 is the product. Launch fields left ``None`` come from :data:`CONFIGS`."""
-    if triton is None:
-        raise RuntimeError("skinny_partials needs Triton")
     config = _config(weight, block_n=block_n, block_k=block_k, num_warps=num_warps, num_stages=num_stages,
                      input_precision=input_precision)
-    n_split, per = _launch_shape(x, weight, split, config)
-    m, depth = x.shape
-    n = weight.shape[0]
-    out = torch.empty((n_split, m, n), dtype=torch.float32, device=x.device)
-    _skinny_partials_kernel[(triton.cdiv(n, config.block_n), n_split)](
-        x, weight, out, m, n, depth, per, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
-        BLOCK_M=MAX_ROWS, BLOCK_N=config.block_n, BLOCK_K=config.block_k, EVEN_K=n_split * per == depth,
-        PRECISION=config.input_precision, UPCAST=_interpreting(),
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )
-    return out
+    return _launch(x, weight, None, None, split, config)
 
 
 @skinny_partials.register_fake
@@ -188,6 +230,20 @@ def _(
                      input_precision=input_precision)
     n_split, _ = _launch_shape(x, weight, split, config)
     return x.new_empty((n_split, x.shape[0], weight.shape[0]), dtype=torch.float32)
+
+
+@torch.library.custom_op("dp_core::skinny_linear_finished", mutates_args=())
+def skinny_linear_finished(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` in ``x``'s dtype as one kernel launch: the partial products are summed
+    (in slice order) and the bias added by the last program of each output tile."""
+    final = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
+    _launch(x, weight, bias, final, None, _config(weight))
+    return final
+
+
+@skinny_linear_finished.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((x.shape[0], weight.shape[0]))
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

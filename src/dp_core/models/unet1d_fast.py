@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .skinny_matmul import skinny_linear, skinny_supported
+from .skinny_matmul import skinny_linear, skinny_linear_finished, skinny_supported
 from .unet1d import ConditionalUnet1D, FiLMResBlock
 
 SplitK = bool | Literal["triton"]
@@ -45,9 +45,11 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sp
     (one batched product, then their sum), so that a product of few rows keeps the whole GPU busy;
     ``"triton"``: the same split in one Triton kernel (:mod:`.skinny_matmul`) where it applies."""
     if split_k == "triton":
-        if skinny_supported(x, weight):
+        if not skinny_supported(x, weight):
+            return F.linear(x, weight, bias)
+        if torch.compiler.is_compiling():  # inductor fuses the sum of the partials into the operators after it
             return skinny_linear(x, weight, bias).to(x.dtype)
-        return F.linear(x, weight, bias)
+        return skinny_linear_finished(x, weight, bias)  # one kernel launch that sums the partials itself
     split = split_k_factor(x.shape[0], x.shape[1], weight.shape[0]) if split_k else 1
     if split == 1:
         return F.linear(x, weight, bias)
