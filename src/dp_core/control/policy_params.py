@@ -33,7 +33,7 @@ class PolicyNodeParams:
     fast_inference: bool = True  # False: the reference sampling path
     inference_precision: str = "fp32"  # bf16 (CUDA): bf16 weights for the denoising steps; int8 (CPU, ONNX Runtime)
     cuda_graph: bool = True  # capture noise-free sampling on CUDA
-    inference_compile: bool = False  # torch.compile the UNet step (torch backend; compiled in the warm-up)
+    inference_compile: bool = False  # torch.compile the encoder and UNet step (torch backend; compiled in the warm-up)
     inference_backend: str = "auto"  # torch | onnxruntime (the UNet step in ONNX Runtime, CPU) | auto: ORT on a CPU
 
     def inference_options(self) -> InferenceOptions:
