@@ -9,10 +9,11 @@
 # PYTHON runs our side (default: python3 with src/ on the path); LEROBOT_PYTHON runs LeRobot's
 # (default: .bench-venvs/lerobot/bin/python from benchmarks/setup_envs.sh; SKIP_LEROBOT=1 leaves
 # step 3 out). STEPS picks steps (default "tests latency lerobot"; "compile" adds torch.compile rows,
-# minutes of compiling; "targets" is a short latency step: the issue's GPU target row on every path).
+# minutes of compiling; "targets" is a short latency step: the issue's GPU target row on every path;
+# "products" times the few-row products alone, "profile" the kernels of the target row's chunk).
 # SIDES, INFER, TRAIN and PATHS override bench_vs_lerobot's sides, cases and paths (e.g. SIDES="ours ours-graph
 # lerobot"; an empty TRAIN runs no training case); TARGET_PATHS the paths of the targets step. DEVICE (default cuda) and BUDGET_S (seconds per latency row, default 1) are
-# for smoke runs; PYTEST_K selects tests (pytest -k). Writes OUT_DIR/{env.txt,tests.log,inference.json,inference.log,vs_lerobot.json,
+# for smoke runs; PYTEST_K selects tests (pytest -k). Writes OUT_DIR/{env.txt,tests.log,inference.json,inference.log,skinny_matmul.jsonl,profile.json,vs_lerobot.json,
 # vs_lerobot.log}; exits 1 if any step failed, after running all of them.
 set -uo pipefail
 
@@ -37,7 +38,7 @@ steps=" ${STEPS:-tests latency lerobot} "
 if [[ $steps == *" tests "* ]]; then
 step tests
 "$py" -m pytest -q -p no:cacheprovider -m "not slow" ${PYTEST_K:+-k "$PYTEST_K"} \
-  tests/unit/test_fast_inference.py tests/unit/test_train.py \
+  tests/unit/test_fast_inference.py tests/unit/test_skinny_matmul.py tests/unit/test_train.py \
   > "$out/tests.log" 2>&1 || status=1
 tail -n 3 "$out/tests.log" >&2
 fi
@@ -66,6 +67,15 @@ if [[ $steps == *" compile "* ]]; then
 step "latency, torch.compile"
 latency compile --presets pusht_image_unet pusht_state_unet_small --cameras 2 --image-sizes 96x96 --settings ddim16 \
   --paths fast fast-compile fast-bf16-compile
+fi
+if [[ $steps == *" products "* ]]; then
+step "few-row products: cuBLAS, batched split-K, Triton"
+"$py" benchmarks/bench_skinny_matmul.py > "$out/skinny_matmul.jsonl" 2> "$out/skinny_matmul.log" || status=1
+fi
+if [[ $steps == *" profile "* ]]; then
+step "kernel profile of the target row"
+"$py" benchmarks/profile_inference.py --paths fast fast-bf16-compile --output "$out/profile.json" \
+  > "$out/profile.log" 2>&1 || status=1
 fi
 [ ${#parts[@]} -gt 0 ] && { "$py" - "$out/inference.json" "${parts[@]}" <<'EOF' || status=1; }
 import json, sys

@@ -133,6 +133,7 @@ print("ok")
 """
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the CUDA tests run the kernel itself")
 def test_fast_unet_triton_products_equal_module() -> None:
     """``split_k="triton"`` (the Triton split-K kernel for products of >= 256 inputs), run on the CPU by
     Triton's interpreter: same step as the plain products."""

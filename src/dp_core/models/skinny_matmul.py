@@ -5,13 +5,18 @@ by convolution weights of up to 1024 x 10240. These products are bound by readin
 but cuBLAS tiles only the output, so it launches about ``N / 128`` thread blocks and leaves most of
 an H100 idle, far below memory bandwidth. This kernel also splits the reduction dimension ``K``
 over ``SPLIT`` programs per output tile, so that about twice as many programs as multiprocessors
-stream the weight, and writes one fp32 partial product per slice; no atomics, so the result is
-deterministic. The sum over slices (and the bias) is left to the caller: under ``torch.compile``
-inductor fuses it into the element-wise / group-norm kernel that follows.
+stream the weight, and writes one fp32 partial product per slice. Two ways to finish:
 
-The op is registered as ``torch.ops.dp_core.skinny_partials`` with a fake implementation, and its
-launch configuration is a fixed function of shapes, dtype and SM count (no autotuning), so it runs
-under ``torch.compile(dynamic=False)`` and inside CUDA graph capture. With ``TRITON_INTERPRET=1``
+* :func:`skinny_partials` returns the partials and leaves their sum (and the bias) to the caller:
+  under ``torch.compile`` inductor fuses it into the element-wise / group-norm kernel that follows;
+* :func:`skinny_linear_finished` is one launch: the last program to finish an output tile (an atomic
+  count per tile) sums the tile's partials in slice order, adds the bias and stores the result; the
+  counts live in one buffer per device that each launch leaves at zero, so products on one device
+  must be issued in stream order (not concurrently from several streams).
+
+Both are deterministic. The ops are registered as ``torch.ops.dp_core.*`` with fake implementations,
+and the launch configuration is a fixed function of shapes, dtype and SM count (no autotuning), so
+they run under ``torch.compile(dynamic=False)`` and inside CUDA graph capture. With ``TRITON_INTERPRET=1``
 set before Triton is imported, the kernel also runs on CPU tensors (used by the tests).
 """
 
