@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
@@ -26,7 +27,7 @@ def run_node(factory: Callable[[], N], args: list[str] | None = None, cleanup: C
     except (KeyboardInterrupt, ExternalShutdownException, SystemExit):
         pass
     except Exception:
-        if rclpy.ok():  # a real failure; not rclpy tripping over a message while SIGINT tears it down
+        if not _shutdown_follows():  # a real failure; not rclpy tripping over a message while SIGINT tears it down
             raise
     finally:
         if node is not None:
@@ -34,6 +35,17 @@ def run_node(factory: Callable[[], N], args: list[str] | None = None, cleanup: C
                 cleanup(node)
             node.destroy_node()
         rclpy.try_shutdown()
+
+
+def _shutdown_follows(wait_s: float = 1.0) -> bool:
+    """Whether rclpy is shutting down, or does within ``wait_s``: its SIGINT handler shuts the context down
+    from another thread, so a take that fails in the spinning thread can come first (seen in the container)."""
+    deadline = time.monotonic() + wait_s
+    while rclpy.ok():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def diagnostic_status(name: str, level: bytes, message: str, values: Mapping[str, object], hardware_id: str = "") -> DiagnosticStatus:

@@ -1,0 +1,60 @@
+"""run_node: a failure while rclpy shuts down (SIGINT) ends quietly; any other failure is raised."""
+
+from __future__ import annotations
+
+import os
+import threading
+import zlib
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from rclpy.node import Node  # noqa: E402
+
+from dp_bringup.node_runner import run_node  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    offset = zlib.crc32(request.node.nodeid.encode()) % 40
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(150 + (os.getpid() + offset) % 80))
+
+
+class _Failing(Node):
+    """Fails in a callback; with ``shutdown_after`` the default context is shut down that much later from
+    another thread, as rclpy's SIGINT handler does while the spinning thread trips over a message."""
+
+    def __init__(self, shutdown_after: float | None) -> None:
+        super().__init__("failing")
+        self.cleaned = False
+        self.shutdown_after = shutdown_after
+        self.create_timer(0.01, self._fail)
+
+    def _fail(self) -> None:
+        if self.shutdown_after is not None:
+            threading.Timer(self.shutdown_after, rclpy.try_shutdown).start()
+        raise RuntimeError("Unable to convert call argument '0' to Python object")
+
+
+def test_failure_during_shutdown_ends_quietly() -> None:
+    nodes: list[_Failing] = []
+
+    def factory() -> _Failing:
+        nodes.append(_Failing(shutdown_after=0.2))
+        return nodes[-1]
+
+    run_node(factory, [], cleanup=lambda n: setattr(n, "cleaned", True))
+    assert nodes[0].cleaned and not rclpy.ok()
+
+
+def test_failure_without_shutdown_is_raised() -> None:
+    nodes: list[_Failing] = []
+
+    def factory() -> _Failing:
+        nodes.append(_Failing(shutdown_after=None))
+        return nodes[-1]
+
+    with pytest.raises(RuntimeError, match="convert call argument"):
+        run_node(factory, [], cleanup=lambda n: setattr(n, "cleaned", True))
+    assert nodes[0].cleaned and not rclpy.ok()  # cleaned up and shut down all the same
