@@ -11,7 +11,10 @@ Same function as the reference sampler, computed with less overhead:
 * on CUDA: optional bf16 (autocast, and the UNet's denoising steps on a bf16 copy of its
   weights, kept current, so that each step reads half the bytes and casts none), and the whole
   encode-and-denoise call captured once per input shape as a CUDA graph and replayed (loops
-  that draw noise inside, i.e. DDPM, run uncaptured).
+  that draw noise inside, i.e. DDPM, run uncaptured); the UNet's few-row products as split-K
+  Triton kernels (:mod:`~dp_core.models.skinny_matmul`);
+* optionally ``torch.compile`` of the encoder and of the UNet step with the sampler update;
+* on a CPU, optionally the whole sampling loop in ONNX Runtime (:mod:`~dp_core.ort_step`).
 
 With the same generator, the fp32 result equals the reference within 1e-4 in normalised
 action units (``tests/unit/test_fast_inference.py``); bf16 is looser (about 1e-2).
