@@ -148,14 +148,14 @@ class FastSampler:
 
     def _split_k(self) -> SplitK:
         """``options.split_k`` resolved for this device: ``auto`` = the Triton kernel for fp32, and for bf16
-        under ``compile`` (which fuses the sum of its partial products); without Triton, the batched
-        split for fp32 only."""
+        under ``compile`` (which fuses the sum of its partial products); where the kernel does not work
+        (:func:`~dp_core.models.skinny_matmul.works`), the batched split for fp32 only."""
         if self.policy.device.type != "cuda":
             return False
         if self.options.split_k != "auto":
             return self.options.split_k
         fp32 = self.options.precision == "fp32"
-        if skinny_matmul.available():
+        if skinny_matmul.works(self.policy.device):
             return "triton" if fp32 or self.options.compile else False
         return fp32
 

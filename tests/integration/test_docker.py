@@ -69,11 +69,13 @@ def test_lint_dockerfile_and_compose() -> None:
 
 
 def test_image_runs_as_non_root_with_cuda_torch(image: str) -> None:
-    out = docker("run", "--rm", "--network", "none", image,
-                 "python", "-c", "import os, torch, rclpy; print(os.getuid(), torch.__version__, torch.version.cuda)")
-    uid, torch_version, cuda = out.split()
+    out = docker("run", "--rm", "--network", "none", image, "python", "-c",
+                 "import os, shutil, sysconfig, torch, rclpy, triton; print(os.getuid(), torch.__version__, torch.version.cuda,"
+                 " bool(shutil.which('cc')), os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))")
+    uid, torch_version, cuda, cc, headers = out.split()
     assert uid != "0", "the image must run as a non-root user"
     assert cuda != "None", f"torch {torch_version} in the image is a CPU-only build"
+    assert cc == headers == "True", "Triton builds its launcher at run time: the image needs a C compiler and Python.h"
     print(f"uid {uid}, torch {torch_version}, CUDA {cuda}")
 
 

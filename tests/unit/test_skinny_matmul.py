@@ -17,6 +17,7 @@ from dp_core.models.skinny_matmul import (
     skinny_linear_finished,
     skinny_partials,
     skinny_supported,
+    works,
 )
 
 pytest.importorskip("triton")
@@ -58,6 +59,19 @@ INTERPRETED = textwrap.dedent("""
                 assert out.dtype == dtype and out.shape == (m, n) and err < tol, (dtype, m, n, k, err)
     assert not any(c.any() for c in _counts.values())
     torch.library.opcheck(skinny_linear_finished, (torch.randn(4, 256), torch.randn(64, 256), torch.randn(64)))
+    # The probe that decides whether the default path uses the kernel: passes here, and a kernel that fails
+    # (e.g. Triton cannot build its launcher without a C compiler) means a warning and cuBLAS, not an error.
+    import warnings
+    from dp_core.models import skinny_matmul
+    assert skinny_matmul.works(torch.device("cpu"))
+    def broken(*args):
+        raise RuntimeError("Failed to find C compiler")
+    skinny_matmul.skinny_linear_finished = broken
+    skinny_matmul._works.cache_clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not skinny_matmul.works(torch.device("cpu"))
+    assert any("C compiler" in str(w.message) for w in caught)
     print("ok")
 """)
 
@@ -74,6 +88,7 @@ def test_interpreted_kernel_matches_linear() -> None:
 def test_supported_shapes() -> None:
     x, w = torch.randn(4, 256), torch.randn(64, 256)
     assert not skinny_supported(x, w)  # CPU without the interpreter
+    assert not works(torch.device("cpu"))
     if torch.cuda.is_available():
         x, w = x.cuda(), w.cuda()
         assert skinny_supported(x, w) and skinny_supported(x.bfloat16(), w.bfloat16())

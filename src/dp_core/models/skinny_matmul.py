@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 try:
     import triton
@@ -122,6 +124,46 @@ def available() -> bool:
     return triton is not None
 
 
+@functools.cache
+def _capable(device: torch.device) -> bool:
+    """tf32 and bf16 tensor-core dots need compute capability 8.0 (Ampere) or newer."""
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def _device(device: torch.device) -> torch.device:
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def works(device: torch.device) -> bool:
+    """Whether the kernel builds and computes ``F.linear`` on ``device`` (probed once per device, in fp32 and
+    bf16, both finishes). False, with a warning, where Triton is missing, the GPU predates compute capability
+    8.0, or Triton cannot build its launcher (it needs a C compiler and the Python headers at run time);
+    the callers then use cuBLAS instead of failing in a policy's first chunk."""
+    return _works(_device(device))
+
+
+@functools.cache
+def _works(device: torch.device) -> bool:
+    if triton is None or not (device.type == "cuda" or _interpreting()) or not _capable(device):
+        return False
+    try:
+        g = torch.Generator(device=device).manual_seed(0)
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.randn(4, 512, device=device, generator=g).to(dtype)
+            w = torch.randn(96, 512, device=device, generator=g).to(dtype)
+            ref = F.linear(x.float(), w.float())
+            for out in (skinny_linear_finished(x, w, None), skinny_linear(x, w, None)):
+                err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
+                if not err < 2e-2:
+                    raise RuntimeError(f"{dtype} result off by {err:.3g} (relative)")
+    except Exception as exc:  # noqa: BLE001  (any failure means: do not use the kernel here)
+        warnings.warn(f"Triton products unavailable on {device}, using cuBLAS: {exc!r}", RuntimeWarning, stacklevel=3)
+        return False
+    return True
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -131,6 +173,7 @@ def skinny_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (
         triton is not None
         and (x.is_cuda or _interpreting())
+        and _capable(x.device)
         and x.device == weight.device
         and x.dim() == 2
         and 1 <= x.shape[0] <= MAX_ROWS
