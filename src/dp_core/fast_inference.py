@@ -179,8 +179,7 @@ class FastSampler:
             self._compiled_update = (unet, torch.compile(step_update, dynamic=False))
         if id(plan) not in self._step_index:
             self._step_index[id(plan)] = [torch.tensor([k], device=x.device) for k in range(len(plan))]
-        table = (plan.sqrt_beta, plan.sqrt_alpha, plan.c_x0, plan.c_x, plan.c_eps)
-        return self._compiled_update[1](x, films, self._step_index[id(plan)][i], table, plan.clip)
+        return self._compiled_update[1](x, films, self._step_index[id(plan)][i], plan.coefficient_table(), plan.clip)
 
     def _encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         if not self.options.compile:

@@ -344,7 +344,7 @@ class OrtUnetStep:
         if plan.draws_noise:
             raise ValueError("the ONNX Runtime sampling loop runs noise-free plans only")
         session = self._get(self._what(plan, x))
-        coef = torch.stack([plan.sqrt_beta, plan.sqrt_alpha, plan.c_x0, plan.c_x, plan.c_eps], dim=1)
+        coef = torch.stack(plan.coefficient_table(), dim=1)
         coef = np.ascontiguousarray(coef.float().cpu().numpy())
         xs = x.detach().float().contiguous().numpy()
         out = [session.run(None, {"x": xs[b : b + 1], "films": np.ascontiguousarray(films[:, b]), "coef": coef})[0]

@@ -99,9 +99,13 @@ class SamplingPlan:
     def draws_noise(self) -> bool:
         return any(self.noisy)
 
+    def coefficient_table(self) -> tuple[torch.Tensor, ...]:
+        """``(sqrt_beta, sqrt_alpha, c_x0, c_x, c_eps)``, each ``(K,)``: the noise-free update's coefficients."""
+        return self.sqrt_beta, self.sqrt_alpha, self.c_x0, self.c_x, self.c_eps
+
     def coefficients(self, i: int) -> tuple[torch.Tensor, ...]:
-        """``(sqrt_beta, sqrt_alpha, c_x0, c_x, c_eps)`` of step ``i``."""
-        return self.sqrt_beta[i], self.sqrt_alpha[i], self.c_x0[i], self.c_x[i], self.c_eps[i]
+        """The :meth:`coefficient_table` entries of step ``i``."""
+        return tuple(t[i] for t in self.coefficient_table())
 
     def step(self, i: int, eps: torch.Tensor, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The sample after step ``i``; draws noise like diffusers does (same generator, same order)."""
@@ -115,7 +119,7 @@ class SamplingPlan:
 
 def noise_free_update(eps: torch.Tensor, x: torch.Tensor, coefficients: tuple[torch.Tensor, ...],
                       clip: float | None) -> torch.Tensor:
-    """The update of :meth:`SamplingPlan.step` before any noise, from :meth:`SamplingPlan.coefficients`."""
+    """The update of :meth:`SamplingPlan.step` before any noise, from one step's :meth:`SamplingPlan.coefficients`."""
     sqrt_beta, sqrt_alpha, c_x0, c_x, c_eps = coefficients
     eps = eps.float()
     x0 = (x - sqrt_beta * eps) / sqrt_alpha
