@@ -4,7 +4,8 @@
 
 For each weight shape (N, K) of the UNet, row count M and dtype, times ``F.linear`` (``cublas``),
 ``unet1d_fast._linear(split_k=True)`` (``splitk``), ``skinny_linear`` with the default config
-(``skinny``: kernel, slice sum and bias) and a sweep of launch configs of the kernel alone
+(``skinny``: kernel, slice sum and bias), ``skinny_linear_finished`` (``skinny-finished``: the same in
+one launch, the eager path's product) and a sweep of launch configs of the kernel alone
 (``skinny-partials``). Each time is the median over replays of a CUDA graph of ``--launches``
 launches (no launch overhead) that cycle through copies of the weight totalling at least
 ``--footprint-mb``, so that weights come from HBM rather than L2, as they do in a whole UNet.
@@ -32,6 +33,7 @@ from dp_core.models.skinny_matmul import (
     LaunchConfig,
     _launch_shape,
     skinny_linear,
+    skinny_linear_finished,
     skinny_partials,
     skinny_supported,
 )
@@ -96,7 +98,8 @@ def bench_shape(dtype_name: str, n: int, k: int, m: int, args: argparse.Namespac
 
     rows = {"cublas": report("cublas", None, lambda i: lambda: F.linear(x, ws[i], b)),
             "splitk": report("splitk", None, lambda i: lambda: _linear(x, ws[i], b, split_k=True)),
-            "skinny": report("skinny", None, lambda i: lambda: skinny_linear(x, ws[i], b))}
+            "skinny": report("skinny", None, lambda i: lambda: skinny_linear(x, ws[i], b)),
+            "skinny_finished": report("skinny-finished", None, lambda i: lambda: skinny_linear_finished(x, ws[i], b))}
     configs = [CONFIGS[dtype]] if args.quick else list(dict.fromkeys([CONFIGS[dtype], *SWEEP[dtype]]))
     sweep = []
     for launch in configs:
