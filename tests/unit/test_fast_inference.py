@@ -148,6 +148,31 @@ def test_fast_unet_triton_products_equal_module() -> None:
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-4000:]
 
 
+@pytest.mark.parametrize("works", [True, False])
+def test_split_k_auto_resolution(works: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``split_k="auto"``: Triton for fp32, and for bf16 under compile, where the kernel works on the device;
+    otherwise the batched split for fp32 only; nothing off CUDA; explicit choices pass through."""
+    from types import SimpleNamespace
+
+    from dp_core.fast_inference import FastSampler
+    from dp_core.models import skinny_matmul
+
+    monkeypatch.setattr(skinny_matmul, "works", lambda device: works)
+
+    def resolve(device: str, **options) -> object:
+        sampler = SimpleNamespace(policy=SimpleNamespace(device=torch.device(device)), options=InferenceOptions(**options))
+        return FastSampler._split_k(sampler)
+
+    triton = "triton" if works else True
+    assert resolve("cuda") == triton
+    assert resolve("cuda", precision="bf16") is False
+    assert resolve("cuda", precision="bf16", compile=True) == ("triton" if works else False)
+    assert resolve("cuda", compile=True) == triton
+    assert resolve("cpu") is False and resolve("cpu", split_k="triton") is False
+    assert resolve("cuda", split_k=True) is True and resolve("cuda", split_k="triton") == "triton"
+    assert resolve("cuda", split_k=False) is False
+
+
 def test_fast_unet_refuses_unsupported_convolutions() -> None:
     net = ConditionalUnet1D(2, 4, [8, 16], n_groups=4, step_embed_dim=8)
     net.head[1] = torch.nn.Conv1d(8, 2, 1, dilation=2)
