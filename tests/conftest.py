@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -132,12 +134,27 @@ class RosHarness:
         self._rclpy.try_shutdown(context=self.context)
 
 
+def unique_domain_id(request: pytest.FixtureRequest) -> int:
+    """A ROS domain id unique per test and process (150-229)."""
+    offset = zlib.crc32(request.node.nodeid.encode()) % 40
+    return 150 + (os.getpid() + offset) % 80
+
+
+def run_triton_interpreted(script: str) -> None:
+    """Runs ``script`` in a child process with Triton's interpreter on (``TRITON_INTERPRET`` must be set
+    before Triton is imported), so that its kernels run on CPU tensors; it must print ``ok``."""
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-4000:]
+
+
 @pytest.fixture
 def ros(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest):
     """A :class:`RosHarness` whose domain id is unique per test and process."""
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    offset = zlib.crc32(request.node.nodeid.encode()) % 40
-    harness = RosHarness(domain_id=150 + (os.getpid() + offset) % 80)
+    harness = RosHarness(domain_id=unique_domain_id(request))
     yield harness
     harness.close()
 

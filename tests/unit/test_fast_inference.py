@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, tiny_policy_config
+from conftest import REPO, run_triton_interpreted, tiny_policy_config
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from dp_core.checkpoint import load_policy
@@ -138,14 +138,7 @@ def test_fast_unet_triton_products_equal_module() -> None:
     """``split_k="triton"`` (the Triton split-K kernel for products of >= 256 inputs), run on the CPU by
     Triton's interpreter: same step as the plain products."""
     pytest.importorskip("triton")
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-c", TRITON_UNET], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-4000:]
+    run_triton_interpreted(TRITON_UNET)
 
 
 @pytest.mark.parametrize("works", [True, False])

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import threading
-import zlib
 
 import pytest
+from conftest import unique_domain_id
 
 rclpy = pytest.importorskip("rclpy")
 from rclpy.node import Node  # noqa: E402
@@ -17,8 +16,7 @@ from dp_bringup.node_runner import run_node  # noqa: E402
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    offset = zlib.crc32(request.node.nodeid.encode()) % 40
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(150 + (os.getpid() + offset) % 80))
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(unique_domain_id(request)))
 
 
 class _Failing(Node):

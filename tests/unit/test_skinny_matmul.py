@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO
+from conftest import run_triton_interpreted
 
 from dp_core.models.skinny_matmul import (
     skinny_linear,
@@ -78,11 +75,7 @@ INTERPRETED = textwrap.dedent("""
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the CUDA tests run the kernel itself")
 def test_interpreted_kernel_matches_linear() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-4000:]
+    run_triton_interpreted(INTERPRETED)
 
 
 def test_supported_shapes() -> None:
