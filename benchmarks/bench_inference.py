@@ -50,7 +50,8 @@ PATHS = {"reference": InferenceOptions(fast=False), "fast": InferenceOptions(),
          "fast-compile-triton": InferenceOptions(compile=True, split_k="triton"),
          "fast-bf16-compile-triton": InferenceOptions(precision="bf16", compile=True, split_k="triton"),
          "fast-nosplit": InferenceOptions(split_k=False),
-         "fast-bf16-compile-nosplit": InferenceOptions(precision="bf16", compile=True, split_k=False)}
+         "fast-bf16-compile-nosplit": InferenceOptions(precision="bf16", compile=True, split_k=False),
+         "fast-int8": InferenceOptions(precision="int8"), "fast-int8-compile": InferenceOptions(precision="int8", compile=True)}
 # The targets: rows that must be measured on every run of the default matrix.
 TARGET_ROWS = [
     ("pusht_state_unet_small", 0, None, "ddim16"),

@@ -1,6 +1,6 @@
 """Skinny products of the UNet's convolutions on CUDA: cuBLAS, the batched split-K and the Triton kernel.
 
-    python benchmarks/bench_skinny_matmul.py [--rows 4,16] [--dtypes float32,bfloat16] [--quick]
+    python benchmarks/bench_skinny_matmul.py [--rows 4,16] [--dtypes float32,bfloat16,int8] [--quick]
 
 For each weight shape (N, K) of the UNet, row count M and dtype, times ``F.linear`` (``cublas``),
 ``unet1d_fast._linear(split_k=True)`` (``splitk``), ``skinny_linear`` with the default config
@@ -9,6 +9,8 @@ one launch, the eager path's product) and a sweep of launch configs of the kerne
 (``skinny-partials``). Each time is the median over replays of a CUDA graph of ``--launches``
 launches (no launch overhead) that cycle through copies of the weight totalling at least
 ``--footprint-mb``, so that weights come from HBM rather than L2, as they do in a whole UNet.
+``int8``: int8 weights with row scales and bf16 inputs (``cublas`` then multiplies bf16 weights of the
+same shape; no ``splitk``).
 Prints one JSON object per row, then a JSON summary: the best config per (dtype, shape).
 """
 
@@ -32,6 +34,7 @@ from dp_core.models.skinny_matmul import (
     CONFIGS,
     LaunchConfig,
     _launch_shape,
+    quantize_rows,
     skinny_linear,
     skinny_linear_finished,
     skinny_partials,
@@ -40,7 +43,7 @@ from dp_core.models.skinny_matmul import (
 from dp_core.models.unet1d_fast import _linear
 
 SHAPES = [(256, 1280), (512, 2560), (1024, 5120), (1024, 10240), (512, 5120)]
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
 # Launch configs swept per dtype, besides the default of CONFIGS.
 SWEEP = {
     torch.bfloat16: [LaunchConfig(64, 128, 4, 4), LaunchConfig(64, 64, 4, 6), LaunchConfig(64, 256, 4, 3),
@@ -48,6 +51,8 @@ SWEEP = {
     torch.float32: [LaunchConfig(64, 64, 4, 3, "ieee"), LaunchConfig(64, 32, 4, 4, "ieee"),
                     LaunchConfig(64, 32, 4, 4, "tf32x3"), LaunchConfig(32, 64, 4, 4, "tf32x3"),
                     LaunchConfig(64, 64, 8, 3, "tf32x3"), LaunchConfig(128, 32, 4, 4, "tf32x3")],
+    torch.int8: [LaunchConfig(32, 128, 4, 4), LaunchConfig(64, 128, 4, 4), LaunchConfig(64, 256, 4, 3),
+                 LaunchConfig(32, 512, 4, 3), LaunchConfig(16, 256, 4, 4), LaunchConfig(32, 256, 8, 4)],
 }
 SPLIT_SCALES = (0.5, 1.0, 2.0)  # multiples of the default split for the config
 
@@ -83,9 +88,15 @@ def bench_shape(dtype_name: str, n: int, k: int, m: int, args: argparse.Namespac
     dev, dtype = torch.device("cuda"), DTYPES[dtype_name]
     nbytes = n * k * dtype.itemsize
     copies = max(1, min(args.launches, round(args.footprint_mb * 2**20 / nbytes)))
-    ws = [torch.randn(n, k, device=dev).to(dtype) for _ in range(copies)]
-    b = torch.randn(n, device=dev).to(dtype)
-    x = torch.randn(m, k, device=dev).to(dtype)
+    int8 = dtype == torch.int8
+    act = torch.bfloat16 if int8 else dtype
+    if int8:
+        ws, scales = zip(*(quantize_rows(torch.randn(n, k, device=dev)) for _ in range(copies)))
+    else:
+        ws, scales = [torch.randn(n, k, device=dev).to(dtype) for _ in range(copies)], [None] * copies
+    dense = [w.to(act) for w in ws] if int8 else ws  # cuBLAS's operand
+    b = torch.randn(n, device=dev).to(act)
+    x = torch.randn(m, k, device=dev).to(act)
     assert skinny_supported(x, ws[0])
     shape = {"M": m, "N": n, "K": k}
 
@@ -96,10 +107,12 @@ def bench_shape(dtype_name: str, n: int, k: int, m: int, args: argparse.Namespac
         print(json.dumps(row), flush=True)
         return row
 
-    rows = {"cublas": report("cublas", None, lambda i: lambda: F.linear(x, ws[i], b)),
-            "splitk": report("splitk", None, lambda i: lambda: _linear(x, ws[i], b, split_k=True)),
-            "skinny": report("skinny", None, lambda i: lambda: skinny_linear(x, ws[i], b)),
-            "skinny_finished": report("skinny-finished", None, lambda i: lambda: skinny_linear_finished(x, ws[i], b))}
+    rows = {"cublas": report("cublas", None, lambda i: lambda: F.linear(x, dense[i], b))}
+    if not int8:
+        rows["splitk"] = report("splitk", None, lambda i: lambda: _linear(x, ws[i], b, split_k=True))
+    rows["skinny"] = report("skinny", None, lambda i: lambda: skinny_linear(x, ws[i], b, scale=scales[i]))
+    rows["skinny_finished"] = report("skinny-finished", None,
+                                     lambda i: lambda: skinny_linear_finished(x, ws[i], b, scales[i]))
     configs = [CONFIGS[dtype]] if args.quick else list(dict.fromkeys([CONFIGS[dtype], *SWEEP[dtype]]))
     sweep = []
     for launch in configs:
@@ -109,7 +122,7 @@ def bench_shape(dtype_name: str, n: int, k: int, m: int, args: argparse.Namespac
             config = {**launch._asdict(), "split": split}
             default = launch == CONFIGS[dtype] and split == auto
             sweep.append(report("skinny-partials", {**config, "default": default},
-                                lambda i, c=config: lambda: skinny_partials(x, ws[i], **c)))
+                                lambda i, c=config: lambda: skinny_partials(x, ws[i], scale=scales[i], **c)))
     top = min(sweep, key=lambda r: r["us"])
     default = next(r for r in sweep if r["config"]["default"])
     return {"dtype": dtype_name, **shape, "best": top["config"], "best_us": top["us"], "best_GBps": top["weight_GBps"],

@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inference-backend", choices=["torch", "onnxruntime"], default="torch",
                    help="onnxruntime: the UNet's denoising step in ONNX Runtime (CPU)")
     p.add_argument("--inference-precision", choices=["fp32", "bf16", "int8"], default="fp32",
-                   help="bf16: CUDA; int8: int8 weights for the deep convolutions (with --inference-backend onnxruntime)")
+                   help="bf16: CUDA; int8: int8 weights for the deep convolutions (CPU: with --inference-backend "
+                        "onnxruntime; CUDA: torch)")
     p.add_argument("--output", default=None, help="write the JSON report here")
     p.add_argument("--video-dir", default=None, help="write one mp4 per episode here")
     lat = sub.add_parser("latency", help="Push-T score under observation-to-chunk delays, compensation on/off")

@@ -9,7 +9,8 @@ Same function as the reference sampler, computed with less overhead:
   time-major products (:class:`~dp_core.models.unet1d_fast.FastUnet1D`);
 * the image encoders in channels-last layout (measured 1.8x faster on this CPU, same output);
 * on CUDA: optional bf16 (autocast, and the UNet's denoising steps on a bf16 copy of its
-  weights, kept current, so that each step reads half the bytes and casts none), and the whole
+  weights, kept current, so that each step reads half the bytes and casts none), optional int8
+  weights for the UNet's deep convolutions on top of that (a quarter of the fp32 bytes), and the whole
   encode-and-denoise call captured once per input shape as a CUDA graph and replayed (loops
   that draw noise inside, i.e. DDPM, run uncaptured); the UNet's few-row products as split-K
   Triton kernels (:mod:`~dp_core.models.skinny_matmul`);
@@ -17,7 +18,8 @@ Same function as the reference sampler, computed with less overhead:
 * on a CPU, optionally the whole sampling loop in ONNX Runtime (:mod:`~dp_core.ort_step`).
 
 With the same generator, the fp32 result equals the reference within 1e-4 in normalised
-action units (``tests/unit/test_fast_inference.py``); bf16 is looser (about 1e-2).
+action units (``tests/unit/test_fast_inference.py``); bf16 is looser (about 1e-2), int8 within
+``INT8_TOLERANCE`` on the bundled model.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch
 
 from .models import ConditionalUnet1D
 from .models import skinny_matmul
-from .models.unet1d_fast import FastUnet1D, SplitK
+from .models.unet1d_fast import FastUnet1D, SplitK, quantize_convs
 from .ort_step import OrtUnetStep
 from .sampling import SamplingPlan, noise_free_update, plan_supported
 
@@ -52,8 +54,11 @@ class InferenceOptions:
 
     ``fast``: the fast path (False: the reference path, diffusers' ``step`` and the plain modules).
     ``precision``: ``bf16`` runs the networks under bf16 autocast on CUDA (ignored on CPU); ``int8``
-    gives the UNet's deep convolutions int8 weights on the ONNX Runtime backend (CPU; outputs within
-    ``INT8_TOLERANCE`` rather than the fp32 tolerance; :mod:`dp_core.ort_step`).
+    gives the UNet's deep convolutions int8 weights, one scale per output channel (outputs within
+    ``INT8_TOLERANCE`` rather than the fp32 tolerance): on a CPU on the ONNX Runtime backend, with
+    activations quantised per call (:mod:`dp_core.ort_step`); on CUDA on the torch backend, as bf16 plus
+    int8 weights read by the Triton products (activations stay bf16; cuBLAS on a dequantised copy where
+    Triton does not run).
     ``cuda_graph``: capture and replay noise-free sampling calls on CUDA.
     ``channels_last``: convert the image encoders' weights to channels-last layout on first use
     (leave it off for a policy that is being trained).
@@ -80,8 +85,6 @@ class InferenceOptions:
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "int8"):
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'int8', got {self.precision!r}")
-        if self.precision == "int8" and self.backend == "torch":
-            raise ValueError("precision 'int8' runs on the ONNX Runtime backend (backend 'onnxruntime' or 'auto')")
         if self.split_k not in (True, False, "auto", "triton"):
             raise ValueError(f"split_k must be true, false, 'auto' or 'triton', got {self.split_k!r}")
         if self.backend not in ("torch", "onnxruntime", "auto"):
@@ -127,28 +130,33 @@ class FastSampler:
         self._condition, self._unet_step = (lambda plan, cond, _: self.unet.condition(plan.timesteps, cond)), self._torch_step
 
     def _step_unet(self) -> FastUnet1D:
-        """The UNet of the denoising steps: with bf16 on CUDA a bf16 copy of the weights, updated in place
-        (so that captured graphs stay valid) whenever a weight of the module changed."""
+        """The UNet of the denoising steps: with bf16 or int8 on CUDA a bf16 copy of the weights (with int8
+        weights for the deep convolutions), updated in place (so that captured graphs stay valid) whenever a
+        weight of the module changed."""
         self.unet.split_k = self._split_k()
-        if not (self.options.precision == "bf16" and self.policy.device.type == "cuda"):
+        if not (self._half() and self.policy.device.type == "cuda"):
             return self.unet
         params = list(self.unet.unet.parameters())
         versions = tuple((p.data_ptr(), p._version) for p in params)
         if self._bf16 is None or next(self._bf16[0].unet.parameters()).device != params[0].device:
             with torch.no_grad():
                 half = copy.deepcopy(self.unet.unet).to(torch.bfloat16).requires_grad_(False).eval()
+                if self.options.precision == "int8":
+                    quantize_convs(half, self.unet.unet)
             self._bf16 = (FastUnet1D(half), versions)
         elif self._bf16[1] != versions:
             with torch.no_grad():
                 for dst, src in zip(self._bf16[0].unet.parameters(), params):
                     dst.copy_(src)
+                if self.options.precision == "int8":
+                    quantize_convs(self._bf16[0].unet, self.unet.unet)
             self._bf16 = (self._bf16[0], versions)
         self._bf16[0].split_k = self.unet.split_k
         return self._bf16[0]
 
     def _split_k(self) -> SplitK:
-        """``options.split_k`` resolved for this device: ``auto`` = the Triton kernel for fp32, and for bf16
-        under ``compile`` (which fuses the sum of its partial products); where the kernel does not work
+        """``options.split_k`` resolved for this device: ``auto`` = the Triton kernel for fp32 and int8, and for
+        bf16 under ``compile`` (which fuses the sum of its partial products); where the kernel does not work
         (:func:`~dp_core.models.skinny_matmul.works`), the batched split for fp32 only."""
         if self.policy.device.type != "cuda":
             return False
@@ -156,8 +164,12 @@ class FastSampler:
             return self.options.split_k
         fp32 = self.options.precision == "fp32"
         if skinny_matmul.works(self.policy.device):
-            return "triton" if fp32 or self.options.compile else False
+            return "triton" if fp32 or self.options.precision == "int8" or self.options.compile else False
         return fp32
+
+    def _half(self) -> bool:
+        """Whether the networks run in bf16 on CUDA (precision bf16, or int8 on the torch backend)."""
+        return self.options.precision == "bf16" or (self.options.precision == "int8" and self.options.backend == "torch")
 
     def _torch_step(self, x: torch.Tensor, films: list) -> torch.Tensor:
         unet = self._step_unet()
@@ -194,10 +206,12 @@ class FastSampler:
         except Exception as exc:  # building the ONNX Runtime step failed
             if not (self.ort_fallback and isinstance(self._unet_step, OrtUnetStep)):
                 raise
-            warnings.warn(f"ONNX Runtime backend unavailable for this policy, sampling with torch: {exc!r}",
+            warnings.warn(f"ONNX Runtime backend unavailable for this policy, sampling with torch in fp32: {exc!r}",
                           RuntimeWarning, stacklevel=2)
             self._use_torch_step()
-            self.options = self.policy.inference_options = dataclasses.replace(self.options, backend="torch")
+            precision = "fp32" if self.options.precision == "int8" else self.options.precision  # no int8 on a CPU in torch
+            self.options = self.policy.inference_options = dataclasses.replace(self.options, backend="torch",
+                                                                               precision=precision)
             return self._condition(plan, cond, x)
 
     @staticmethod
@@ -216,7 +230,7 @@ class FastSampler:
         return self._plans[key]
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.policy.device.type == "cuda" and self.options.precision == "bf16":
+        if self.policy.device.type == "cuda" and self._half():
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -253,6 +267,9 @@ class FastSampler:
         """Normalised chunk ``(B, Tp, A)``; draws noise exactly as the reference path does."""
         policy, d = self.policy, self.policy.cfg.diffusion
         device = policy.device
+        if self.options.precision == "int8" and self.options.backend == "torch" and device.type != "cuda":
+            raise ValueError(f"precision 'int8' on the torch backend runs on CUDA, this policy is on {device}: "
+                             "on a CPU use backend 'onnxruntime' or 'auto'")
         if self.options.channels_last and not self._channels_last_done and policy.cfg.shape_meta.rgb_keys:
             policy.obs_encoder.to(memory_format=torch.channels_last)
             self._channels_last_done = True

@@ -38,13 +38,12 @@ import torch
 from torch import nn
 
 from .models.unet1d import FiLMResBlock
-from .models.unet1d_fast import FastUnet1D
+from .models.unet1d_fast import INT8_MIN_DEPTH, FastUnet1D
 from .sampling import SamplingPlan
 
 log = logging.getLogger(__name__)
 
 OPSET = 20
-INT8_MIN_DEPTH = 640  # convolutions with at least this many inputs per output get int8 weights
 
 
 def onnxruntime_available() -> bool:

@@ -79,9 +79,9 @@ class DiffusionPolicy(nn.Module):
                 raise ValueError(f"inference backend 'onnxruntime' runs on the CPU; this policy is on {self.device}")
             if not onnxruntime_available():
                 raise ValueError("inference backend 'onnxruntime' needs the onnxruntime package (requirements/core.txt)")
-        elif options.precision == "int8":
-            raise ValueError("precision 'int8' needs the ONNX Runtime backend: a UNet diffusion policy on the CPU "
-                             "with onnxruntime installed")
+        elif options.precision == "int8" and not (options.fast and unet and self.device.type == "cuda"):
+            raise ValueError("precision 'int8' runs the fast path of a UNet diffusion policy: on the CPU with the "
+                             f"ONNX Runtime backend (onnxruntime installed), or on CUDA; this policy is on {self.device}")
         self.inference_options = options
         self._fast = FastSampler(self, options, ort_fallback=auto) if options.fast and FastSampler.supported(self) else None
 

@@ -14,9 +14,11 @@ from dp_core.fast_inference import FP32_TOLERANCE, InferenceOptions
 from dp_core.inference import PolicyRunner
 from dp_core.models import ConditionalUnet1D
 from dp_core.models.unet1d_fast import (
+    INT8_MIN_DEPTH,
     FastUnet1D,
     conv1d_time_major,
     conv_transpose1d_time_major,
+    quantize_convs,
     split_k_factor,
 )
 from dp_core.policy import DiffusionPolicy, shift_chunk
@@ -116,9 +118,10 @@ def test_fast_unet_equals_module(down_dims: list[int], kernel: int) -> None:
 
 
 TRITON_UNET = """
+import copy
 import torch
 from dp_core.models import ConditionalUnet1D
-from dp_core.models.unet1d_fast import FastUnet1D
+from dp_core.models.unet1d_fast import FastUnet1D, quantize_convs
 
 torch.manual_seed(0)
 net = ConditionalUnet1D(2, 10, [32, 64], kernel_size=5, n_groups=4, step_embed_dim=16).eval()
@@ -129,6 +132,16 @@ with torch.inference_mode():
     ref, out = plain.step(x, films), triton.step(x, films)
 err = (out - ref).abs().max().item()
 assert err < 1e-4, err
+# int8 weights in a bf16 copy, read by the Triton kernel, and through dequantised weights: both within bf16
+# rounding of the fp32 step (about 1.2e-2 here, as for the bf16 copy alone).
+half = copy.deepcopy(net).bfloat16()
+assert quantize_convs(half, net) > 0
+with torch.inference_mode():
+    films = [(s.bfloat16(), b.bfloat16()) for s, b in plain.condition(torch.tensor([50]), cond)[0]]
+    for fast in (FastUnet1D(half, split_k="triton"), FastUnet1D(half)):
+        out = fast.step(x.bfloat16(), films).float()
+        err = ((out - ref).abs().max() / ref.abs().max()).item()
+        assert err < 3e-2, err
 print("ok")
 """
 
@@ -164,6 +177,40 @@ def test_split_k_auto_resolution(works: bool, monkeypatch: pytest.MonkeyPatch) -
     assert resolve("cpu") is False and resolve("cpu", split_k="triton") is False
     assert resolve("cuda", split_k=True) is True and resolve("cuda", split_k="triton") == "triton"
     assert resolve("cuda", split_k=False) is False
+
+
+def test_int8_convs_close_to_module_and_refreshed_in_place() -> None:
+    """``quantize_convs``: int8 weights (one scale per output channel) exactly for the deep convolutions of a
+    copy; its step stays close to the module's (not equal: int8 is in use), and a second call follows new
+    weights in the same buffers (so that captured CUDA graphs see them)."""
+    import copy
+
+    torch.manual_seed(0)
+    net = ConditionalUnet1D(2, 10, [64, 128], kernel_size=5, n_groups=8, step_embed_dim=16).eval()
+    twin = copy.deepcopy(net)
+    convs = [m for m in twin.modules() if isinstance(m, torch.nn.Conv1d)]
+    deep = [m for m in convs if m.in_channels * m.kernel_size[0] >= INT8_MIN_DEPTH]
+    assert quantize_convs(twin, net) == len(deep) > 0
+    assert all(hasattr(m, "weight_int8") == (m in deep) for m in convs) and len(deep) < len(convs)
+    x, cond = torch.randn(2, 16, 2), torch.randn(2, 10)
+
+    def rel_err() -> float:
+        plain, quant = FastUnet1D(net), FastUnet1D(twin)
+        with torch.inference_mode():
+            films = plain.condition(torch.tensor([60]), cond)[0]
+            ref, out = plain.step(x, films), quant.step(x, films)
+        return ((out - ref).abs().max() / ref.abs().max()).item()
+
+    assert 1e-5 < rel_err() < 2e-2
+    buffers = [m.weight_int8.data_ptr() for m in deep]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p), alpha=0.1)
+        for dst, src in zip(twin.parameters(), net.parameters()):
+            dst.copy_(src)
+    assert rel_err() > 2e-2  # stale int8 weights
+    quantize_convs(twin, net)
+    assert 1e-5 < rel_err() < 2e-2 and [m.weight_int8.data_ptr() for m in deep] == buffers
 
 
 def test_fast_unet_refuses_unsupported_convolutions() -> None:
@@ -344,6 +391,50 @@ def test_cuda_triton_products_equal_reference(precision: str, tol: float, compil
     assert fast._fast._graphs and not fast._fast._graph_failed  # captured, not the uncaptured fallback
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("compile", [False, True])
+def test_cuda_int8_stays_close_to_reference(compile: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``precision="int8"`` on CUDA: bf16 plus int8 weights for the deep convolutions, read by the Triton
+    kernel in the captured graph (and under compile); the bundled model's chunks (cold and warm start) stay
+    within INT8_TOLERANCE of its fp32 reference, and follow new weights loaded in place."""
+    pytest.importorskip("triton")
+    from dp_core.fast_inference import INT8_TOLERANCE
+
+    from dp_core.models import unet1d_fast
+
+    def no_fallback(*args):
+        raise AssertionError("int8 product widened the weights instead of running the Triton kernel")
+
+    monkeypatch.setattr(unet1d_fast, "_linear_dequantized", no_fallback)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    path = REPO / "models" / "pusht_state_unet_small.safetensors"
+    fast, ref = load_policy(path, "cuda"), load_policy(path, "cuda")
+    fast.configure_inference(InferenceOptions(precision="int8", compile=compile))
+
+    def worst() -> float:
+        err = 0.0
+        for seed in range(3):
+            g = torch.Generator().manual_seed(seed)
+            obs = {"keypoint": (torch.rand(1, 2, 18, generator=g) * 400 + 50).cuda(),
+                   "agent_pos": (torch.rand(1, 2, 2, generator=g) * 400 + 50).cuda()}
+            prev = ref.predict_action(obs, generator=torch.Generator("cuda").manual_seed(seed))["action_pred"]
+            for warm in (None, shift_chunk(prev, 2)):
+                a = fast.predict_action(obs, warm_start=warm, generator=torch.Generator("cuda").manual_seed(seed))
+                b = ref.predict_action(obs, warm_start=warm, generator=torch.Generator("cuda").manual_seed(seed))
+                err = max(err, (fast.normalizer.action(a["action_pred"]) - fast.normalizer.action(b["action_pred"])).abs().max().item())
+        return err
+
+    assert 1e-3 < worst() < INT8_TOLERANCE  # int8 is really in use, and close
+    assert fast._fast.unet.split_k == "triton" and fast._fast._graphs and not fast._fast._graph_failed
+    half = fast._fast._bf16[0].unet
+    assert any(m.weight_int8.dtype == torch.int8 for m in half.modules() if hasattr(m, "weight_int8"))
+    torch.manual_seed(5)
+    other = {k: v + 0.02 * torch.randn_like(v) for k, v in ref.state_dict().items() if "normalizer" not in k and v.is_floating_point()}
+    fast.load_state_dict(other, strict=False)
+    ref.load_state_dict(other, strict=False)
+    assert worst() < INT8_TOLERANCE
+
+
 def test_onnxruntime_backend_equals_reference() -> None:
     """The UNet step as an ONNX Runtime graph: cold DDIM, warm start and an image policy agree with the reference."""
     cfg = tiny_policy_config(LOW_DIM, 2, unet=UnetConfig(down_dims=[16, 32, 64], step_embed_dim=16))
@@ -440,11 +531,17 @@ def test_inference_options_are_checked() -> None:
         InferenceOptions(backend="tensorrt")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="compile"):
         InferenceOptions(backend="onnxruntime", compile=True)
-    with pytest.raises(ValueError, match="int8"):
-        InferenceOptions(precision="int8")  # the torch backend has no int8 path
     cfg = tiny_policy_config(LOW_DIM, 2, denoiser="transformer", transformer=TransformerConfig(n_layer=1, n_head=2, n_emb=16))
     with pytest.raises(ValueError, match="int8"):
         DiffusionPolicy(cfg).configure_inference(InferenceOptions(backend="auto", precision="int8"))
+    policy = DiffusionPolicy(tiny_policy_config(LOW_DIM, 2))
+    with pytest.raises(ValueError, match="int8.*cpu"):  # int8 in torch is the CUDA path
+        policy.configure_inference(InferenceOptions(precision="int8"))
+    policy.configure_inference(InferenceOptions(backend="auto", precision="int8"))
+    assert policy.inference_options.backend == "onnxruntime"
+    policy._fast.options = InferenceOptions(precision="int8")  # e.g. configured on CUDA, then moved to the CPU
+    with pytest.raises(ValueError, match="int8.*CUDA"):
+        policy.predict_action(_obs(policy.cfg))
 
 
 def test_auto_backend_resolves_per_policy() -> None:

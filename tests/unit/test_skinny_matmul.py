@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from conftest import run_triton_interpreted
 
 from dp_core.models.skinny_matmul import (
+    quantize_rows,
     skinny_linear,
     skinny_linear_finished,
     skinny_partials,
@@ -23,8 +24,8 @@ pytest.importorskip("triton")
 INTERPRETED = textwrap.dedent("""
     import torch
     import torch.nn.functional as F
-    from dp_core.models.skinny_matmul import (_counts, skinny_linear, skinny_linear_finished, skinny_partials,
-                                              skinny_supported)
+    from dp_core.models.skinny_matmul import (_counts, quantize_rows, skinny_linear, skinny_linear_finished,
+                                              skinny_partials, skinny_supported)
 
     torch.manual_seed(0)
     cases = [(1, 64, 256, None), (4, 200, 640, None), (16, 200, 1000, None), (4, 64, 1000, 3),
@@ -54,8 +55,27 @@ INTERPRETED = textwrap.dedent("""
                 ref = F.linear(x.float(), w.float(), None if bias is None else bias.float())
                 err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
                 assert out.dtype == dtype and out.shape == (m, n) and err < tol, (dtype, m, n, k, err)
+    # int8 weights with one scale per row, bf16 inputs: the product with the dequantised weight.
+    for m, n, k, split in [(1, 64, 256, None), (4, 200, 640, None), (16, 64, 5120, None), (16, 40, 1000, 3)]:
+        x, (q, scale), b = torch.randn(m, k).bfloat16(), quantize_rows(torch.randn(n, k)), torch.randn(n)
+        assert skinny_supported(x, q) and skinny_supported(x.float(), q)
+        ref = F.linear(x.float(), q.float() * scale[:, None], b)
+        for inputs in (x, x.float()):  # fp32 inputs are rounded to bf16 in the kernel
+            out = skinny_linear(inputs, q, b, split=split, scale=scale)
+            assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-5, (m, n, k)
+        fin = skinny_linear_finished(x, q, b.bfloat16(), scale)
+        assert fin.dtype == torch.bfloat16 and ((fin.float() - ref).abs().max() / ref.abs().max()).item() < 2e-2
+    try:
+        skinny_partials(x, q)
+    except ValueError as exc:
+        assert "scale" in str(exc)
+    else:
+        raise AssertionError("int8 weights without scales were accepted")
     assert not any(c.any() for c in _counts.values())
     torch.library.opcheck(skinny_linear_finished, (torch.randn(4, 256), torch.randn(64, 256), torch.randn(64)))
+    q, scale = quantize_rows(torch.randn(64, 256))
+    torch.library.opcheck(skinny_partials, (torch.randn(4, 256).bfloat16(), q), {"scale": scale})
+    torch.library.opcheck(skinny_linear_finished, (torch.randn(4, 256).bfloat16(), q, None, scale))
     # The probe that decides whether the default path uses the kernel: passes here, and a kernel that fails
     # (e.g. Triton cannot build its launcher without a C compiler) means a warning and cuBLAS, not an error.
     import warnings
@@ -95,65 +115,75 @@ UNET_SHAPES = [(256, 1280), (512, 2560), (1024, 5120), (1024, 10240), (512, 5120
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
+def _operands(m: int, n: int, k: int, dtype: torch.dtype, g: torch.Generator) -> tuple:
+    """``x, weight, scale, bias`` on CUDA; int8: weights quantised per row, bf16 inputs."""
+    x = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16 if dtype == torch.int8 else dtype)
+    w = torch.randn(n, k, device="cuda", generator=g)
+    w, scale = quantize_rows(w) if dtype == torch.int8 else (w.to(dtype), None)
+    return x, w, scale, torch.randn(n, device="cuda", generator=g).to(x.dtype)
+
+
+def _dense(w: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    return w.double() if scale is None else w.double() * scale.double()[:, None]
+
+
 @cuda
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2), (torch.int8, 2e-2)])
 @pytest.mark.parametrize("m", [16, 8, 4])
 def test_unet_shapes_cuda(m: int, dtype: torch.dtype, tol: float) -> None:
     g = torch.Generator(device="cuda").manual_seed(0)
     for n, k in UNET_SHAPES:
-        x = torch.randn(m, k, device="cuda", generator=g).to(dtype)
-        w = torch.randn(n, k, device="cuda", generator=g).to(dtype)
-        b = torch.randn(n, device="cuda", generator=g).to(dtype)
+        x, w, scale, b = _operands(m, n, k, dtype, g)
         assert skinny_supported(x, w)
-        ref = F.linear(x.double(), w.double(), b.double())
-        out = skinny_linear(x, w, b)
+        ref = F.linear(x.double(), _dense(w, scale), b.double())
+        if dtype == torch.int8:  # fp32 inputs (between the UNet's layers under autocast): rounded to bf16 in the kernel
+            assert torch.equal(skinny_linear(x.float(), w, b, scale=scale), skinny_linear(x, w, b, scale=scale))
+        out = skinny_linear(x, w, b, scale=scale)
         err = ((out - ref).abs().max() / ref.abs().max()).item()
         assert out.dtype == torch.float32 and err < tol, (n, k, err)
-        assert torch.equal(out, skinny_linear(x, w, b))  # deterministic
-        finished = skinny_linear_finished(x, w, b)  # one launch, in x's dtype (partials summed in slice order)
-        assert finished.dtype == dtype and ((finished.float() - ref).abs().max() / ref.abs().max()).item() < tol
-        assert torch.equal(finished, skinny_linear_finished(x, w, b))
+        assert torch.equal(out, skinny_linear(x, w, b, scale=scale))  # deterministic
+        finished = skinny_linear_finished(x, w, b, scale)  # one launch, in x's dtype (partials summed in slice order)
+        assert finished.dtype == x.dtype and ((finished.float() - ref).abs().max() / ref.abs().max()).item() < tol
+        assert torch.equal(finished, skinny_linear_finished(x, w, b, scale))
         if dtype == torch.float32:  # the exact FMA dots, as an override
             exact = skinny_linear(x, w, b, input_precision="ieee")
             assert ((exact - ref).abs().max() / ref.abs().max()).item() < tol
 
 
 @cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
 def test_cuda_graph_and_compile(dtype: torch.dtype) -> None:
-    x = torch.randn(8, 2560, device="cuda", dtype=dtype)
-    w = torch.randn(512, 2560, device="cuda", dtype=dtype)
-    b = torch.randn(512, device="cuda", dtype=dtype)
-    torch.library.opcheck(skinny_partials, (x, w))
+    x, w, scale, b = _operands(8, 512, 2560, dtype, torch.Generator(device="cuda").manual_seed(0))
+    torch.library.opcheck(skinny_partials, (x, w), {"scale": scale})
 
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        skinny_linear(x, w, b)  # warm up (compiles the kernel) outside capture
+        skinny_linear(x, w, b, scale=scale)  # warm up (compiles the kernel) outside capture
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = skinny_linear(x, w, b)
+        out = skinny_linear(x, w, b, scale=scale)
     x.copy_(torch.randn_like(x))
     graph.replay()
     torch.cuda.synchronize()
-    torch.testing.assert_close(out, F.linear(x.float(), w.float(), b.float()), rtol=1e-3, atol=1e-3)
-    assert torch.equal(out, skinny_linear(x, w, b))
+    torch.testing.assert_close(out, F.linear(x.double(), _dense(w, scale), b.double()).float(), rtol=1e-3, atol=1e-3)
 
     with torch.cuda.stream(stream):
-        skinny_linear_finished(x, w, b)
+        skinny_linear_finished(x, w, b, scale)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        finished = skinny_linear_finished(x, w, b)
+        finished = skinny_linear_finished(x, w, b, scale)
     for _ in range(3):  # every replay finds the tile counts back at zero
         x.copy_(torch.randn_like(x))
         graph.replay()
         torch.cuda.synchronize()
-        torch.testing.assert_close(finished.float(), F.linear(x.float(), w.float(), b.float()), rtol=1e-2, atol=1e-2)
+        ref = F.linear(x.double(), _dense(w, scale), b.double()).float()
+        torch.testing.assert_close(finished.float(), ref, rtol=1e-2, atol=1e-2)
 
     def fn(x: torch.Tensor) -> torch.Tensor:
-        return F.mish(skinny_linear(x, w, b)) + skinny_linear_finished(x, w, b)
+        return F.mish(skinny_linear(x, w, b, scale=scale)) + skinny_linear_finished(x, w, b, scale)
 
     compiled = torch.compile(fn, dynamic=False, fullgraph=True)
     torch.testing.assert_close(compiled(x), fn(x), rtol=1e-5, atol=1e-5)

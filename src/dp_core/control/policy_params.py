@@ -31,7 +31,8 @@ class PolicyNodeParams:
     chunk_topic: str = "/policy/action_chunk"
     cpu_threads: int = 1
     fast_inference: bool = True  # False: the reference sampling path
-    inference_precision: str = "fp32"  # bf16 (CUDA): bf16 weights for the denoising steps; int8 (CPU, ONNX Runtime)
+    inference_precision: str = "fp32"  # bf16 (CUDA): bf16 weights for the denoising steps; int8: int8 weights
+    # for the deep convolutions (CPU: ONNX Runtime backend; CUDA: torch backend, Triton products)
     cuda_graph: bool = True  # capture noise-free sampling on CUDA
     inference_compile: bool = False  # torch.compile the encoder and UNet step (torch backend; compiled in the warm-up)
     inference_backend: str = "auto"  # torch | onnxruntime (the UNet step in ONNX Runtime, CPU) | auto: ORT on a CPU
@@ -50,8 +51,6 @@ class PolicyNodeParams:
             raise ConfigError(f"obs_types entries {bad} are not among {list(OBS_TYPES)}")
         if self.inference_precision not in ("fp32", "bf16", "int8"):
             raise ConfigError(f"inference_precision must be 'fp32', 'bf16' or 'int8'; got {self.inference_precision!r}")
-        if self.inference_precision == "int8" and self.inference_backend == "torch":
-            raise ConfigError("inference_precision 'int8' needs inference_backend 'onnxruntime' or 'auto'")
         if self.inference_backend not in ("torch", "onnxruntime", "auto"):
             raise ConfigError(f"inference_backend must be 'torch', 'onnxruntime' or 'auto'; got {self.inference_backend!r}")
         if self.inference_compile and self.inference_backend == "onnxruntime":

@@ -14,6 +14,10 @@ stream the weight, and writes one fp32 partial product per slice. Two ways to fi
   counts live in one buffer per device that each launch leaves at zero, so products on one device
   must be issued in stream order (not concurrently from several streams).
 
+Weights may also be int8 with one fp32 scale per output row (``weight * scale[:, None]`` is the
+weight meant; "W8A16"): the kernel widens them to bf16 in registers and scales its fp32 partials, so
+each product reads half the bytes of bf16 weights. Inputs are then rounded to bf16.
+
 Both are deterministic. The ops are registered as ``torch.ops.dp_core.*`` with fake implementations,
 and the launch configuration is a fixed function of shapes, dtype and SM count (no autotuning), so
 they run under ``torch.compile(dynamic=False)`` and inside CUDA graph capture. With ``TRITON_INTERPRET=1``
@@ -39,7 +43,7 @@ except ImportError:  # CPU-only installs: skinny_supported() is False
 MAX_ROWS = 16
 MIN_DEPTH = 256
 _MIN_SLICE = 256
-_DTYPES = (torch.float32, torch.bfloat16)
+_DTYPES = (torch.float32, torch.bfloat16)  # of inputs, and of weights besides int8
 
 
 class LaunchConfig(NamedTuple):
@@ -56,23 +60,29 @@ class LaunchConfig(NamedTuple):
 # and 16). bf16: 32 x 128 weight tiles (8 KiB a stage), four stages; within 5% of the best swept config
 # on every shape, 1.8 to 2.2 TB/s of weight reads on the large ones. fp32: dots as "tf32x3" (three
 # tensor-core products of split operands, about fp32 accuracy, tested to 1e-4); exact "ieee" dots run on
-# FMA units and left the kernel compute-bound at about 0.8 TB/s, against 2.3 TB/s with "tf32x3".
+# FMA units and left the kernel compute-bound at about 0.8 TB/s, against 2.3 TB/s with "tf32x3". int8: the
+# same tiles (4 KiB a stage) within 10% of the best of seven configs at M = 16 (1024 x 10240: 7.3 us,
+# 1.4 TB/s, against 9.5-10.0 for bf16; the small shapes gain less: they are bound by latency, not bytes).
 CONFIGS: dict[torch.dtype, LaunchConfig] = {
     torch.bfloat16: LaunchConfig(32, 128, 4, 4),
     torch.float32: LaunchConfig(64, 64, 4, 3, "tf32x3"),
+    torch.int8: LaunchConfig(32, 128, 4, 4),
 }
 
 if triton is not None:
 
     @triton.jit
     def _skinny_partials_kernel(
-        x_ptr, w_ptr, out_ptr, bias_ptr, final_ptr, count_ptr, M, N, K, K_PER_SPLIT, SPLIT,
+        x_ptr, w_ptr, scale_ptr, out_ptr, bias_ptr, final_ptr, count_ptr, M, N, K, K_PER_SPLIT, SPLIT,
         stride_xm, stride_xk, stride_wn, stride_wk,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         EVEN_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-        FINISH: tl.constexpr, HAS_BIAS: tl.constexpr,
+        FINISH: tl.constexpr, HAS_BIAS: tl.constexpr, SCALED: tl.constexpr,
     ):
         """Program (n, s): the fp32 product of x[:, slice s] and weight[tile n, slice s] into out[s].
+
+        ``SCALED``: int8 weights, widened to bf16 for the dot with x rounded to bf16; the partial is
+        multiplied by the rows' scales.
 
         ``FINISH``: the program that completes tile n last (an atomic count per tile) also sums the
         tile's partials in slice order, adds the bias and stores the result in ``final``'s dtype, then
@@ -96,13 +106,19 @@ if triton is not None:
                 mask_k = offs_k < K - k0
                 x = tl.load(x_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
                 w = tl.load(w_ptrs, mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-            x = x.to(w.dtype)
+            if SCALED:  # (the interpreter cannot widen int8 to bf16: straight to fp32, exact either way)
+                x = x.to(tl.bfloat16)
+                w = w.to(tl.float32 if UPCAST else tl.bfloat16)
+            else:
+                x = x.to(w.dtype)
             if UPCAST:  # the interpreter's dot multiplies bf16 as raw uint16; bf16 products are exact in fp32
                 x = x.to(tl.float32)
                 w = w.to(tl.float32)
             acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
             x_ptrs += BLOCK_K * stride_xk
             w_ptrs += BLOCK_K * stride_wk
+        if SCALED:
+            acc *= tl.load(scale_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
         mask_out = mask_m[:, None] & mask_n[None, :]
         tile = offs_m[:, None] * N + offs_n[None, :]
         tl.store(out_ptr + pid_s * M * N + tile, acc, mask=mask_out)
@@ -137,8 +153,8 @@ def _device(device: torch.device) -> torch.device:
 
 
 def works(device: torch.device) -> bool:
-    """Whether the kernel builds and computes ``F.linear`` on ``device`` (probed once per device, in fp32 and
-    bf16, both finishes). False, with a warning, where Triton is missing, the GPU predates compute capability
+    """Whether the kernel builds and computes ``F.linear`` on ``device`` (probed once per device, with fp32,
+    bf16 and int8 weights, both finishes). False, with a warning, where Triton is missing, the GPU predates compute capability
     8.0, or Triton cannot build its launcher (it needs a C compiler and the Python headers at run time);
     the callers then use cuBLAS instead of failing in a policy's first chunk."""
     return _works(_device(device))
@@ -150,11 +166,12 @@ def _works(device: torch.device) -> bool:
         return False
     try:
         g = torch.Generator(device=device).manual_seed(0)
-        for dtype in (torch.float32, torch.bfloat16):
-            x = torch.randn(4, 512, device=device, generator=g).to(dtype)
-            w = torch.randn(96, 512, device=device, generator=g).to(dtype)
-            ref = F.linear(x.float(), w.float())
-            for out in (skinny_linear_finished(x, w, None), skinny_linear(x, w, None)):
+        for dtype in (torch.float32, torch.bfloat16, torch.int8):
+            x = torch.randn(4, 512, device=device, generator=g).to(torch.bfloat16 if dtype == torch.int8 else dtype)
+            w = torch.randn(96, 512, device=device, generator=g)
+            w, scale = quantize_rows(w) if dtype == torch.int8 else (w.to(dtype), None)
+            ref = F.linear(x.float(), w.float() if scale is None else w.float() * scale[:, None])
+            for out in (skinny_linear_finished(x, w, None, scale), skinny_linear(x, w, None, scale=scale)):
                 err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
                 if not err < 2e-2:
                     raise RuntimeError(f"{dtype} result off by {err:.3g} (relative)")
@@ -182,8 +199,16 @@ def skinny_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and weight.shape[1] == x.shape[1] >= MIN_DEPTH
         and weight.shape[0] >= 1
         and x.dtype in _DTYPES
-        and weight.dtype in _DTYPES
+        and (weight.dtype in _DTYPES or weight.dtype == torch.int8)
     )
+
+
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 copy of a 2-D ``weight`` with one fp32 scale per row: ``(q, scale)`` such that
+    ``q * scale[:, None]`` rounds ``weight`` to the nearest of 255 levels in ``[-max|row|, max|row|]``."""
+    w = weight.detach().float()
+    scale = w.abs().amax(1).clamp_min(torch.finfo(torch.float32).tiny) / 127.0
+    return torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
 
 
 @functools.cache
@@ -233,11 +258,15 @@ def _count_buffer(device: torch.device, tiles: int) -> torch.Tensor:
     return _counts[device]
 
 
-def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, final: torch.Tensor | None,
-            split: int | None, config: LaunchConfig) -> torch.Tensor:
+def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
+            final: torch.Tensor | None, split: int | None, config: LaunchConfig) -> torch.Tensor:
     """Runs the kernel; returns the partials ``(SPLIT, M, N)`` (into which ``final``, if given, was also summed)."""
     if triton is None:
         raise RuntimeError("skinny_linear needs Triton")
+    if (weight.dtype == torch.int8) != (scale is not None):
+        raise ValueError("int8 weights need their row scales, and only int8 weights take scales")
+    if scale is not None and (scale.shape != (weight.shape[0],) or scale.dtype != torch.float32 or not scale.is_contiguous()):
+        raise ValueError(f"scale must be contiguous fp32 of shape ({weight.shape[0]},), got {scale.dtype} {tuple(scale.shape)}")
     n_split, per = _launch_shape(x, weight, split, config)
     m, depth = x.shape
     n = weight.shape[0]
@@ -246,11 +275,12 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fi
     finish = final is not None
     counts = _count_buffer(x.device, tiles) if finish else partials
     _skinny_partials_kernel[(tiles, n_split)](
-        x, weight, partials, bias if bias is not None else partials, final if finish else partials, counts,
+        x, weight, scale if scale is not None else partials, partials, bias if bias is not None else partials,
+        final if finish else partials, counts,
         m, n, depth, per, n_split, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
         BLOCK_M=MAX_ROWS, BLOCK_N=config.block_n, BLOCK_K=config.block_k, EVEN_K=n_split * per == depth,
         PRECISION=config.input_precision, UPCAST=_interpreting(), FINISH=finish, HAS_BIAS=bias is not None,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        SCALED=scale is not None, num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return partials
 
@@ -259,20 +289,21 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fi
 def skinny_partials(
     x: torch.Tensor, weight: torch.Tensor, split: int | None = None, block_n: int | None = None,
     block_k: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
-    input_precision: str | None = None,
+    input_precision: str | None = None, scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Partial products ``(SPLIT, M, N)`` in fp32 of ``x (M, K) @ weight (N, K).T`` over slices of ``K``;
-    their sum over dim 0 is the product. Launch fields left ``None`` come from :data:`CONFIGS`."""
+    their sum over dim 0 is the product. Launch fields left ``None`` come from :data:`CONFIGS`; ``scale``:
+    the row scales of int8 weights (:func:`quantize_rows`)."""
     config = _config(weight, block_n=block_n, block_k=block_k, num_warps=num_warps, num_stages=num_stages,
                      input_precision=input_precision)
-    return _launch(x, weight, None, None, split, config)
+    return _launch(x, weight, scale, None, None, split, config)
 
 
 @skinny_partials.register_fake
 def _(
     x: torch.Tensor, weight: torch.Tensor, split: int | None = None, block_n: int | None = None,
     block_k: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
-    input_precision: str | None = None,
+    input_precision: str | None = None, scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     config = _config(weight, block_n=block_n, block_k=block_k, num_warps=num_warps, num_stages=num_stages,
                      input_precision=input_precision)
@@ -281,22 +312,24 @@ def _(
 
 
 @torch.library.custom_op("dp_core::skinny_linear_finished", mutates_args=())
-def skinny_linear_finished(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def skinny_linear_finished(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                           scale: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` in ``x``'s dtype as one kernel launch: the partial products are summed
-    (in slice order) and the bias added by the last program of each output tile."""
+    (in slice order) and the bias added by the last program of each output tile (``scale``: as in
+    :func:`skinny_partials`)."""
     final = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
-    _launch(x, weight, bias, final, None, _config(weight))
+    _launch(x, weight, scale, bias, final, None, _config(weight))
     return final
 
 
 @skinny_linear_finished.register_fake
-def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None = None) -> torch.Tensor:
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  **launch: int | str | None) -> torch.Tensor:
+                  **launch: torch.Tensor | int | str | None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` in fp32 for 2-D ``x`` via :func:`skinny_partials` (``launch``: its
-    ``split`` and config overrides)."""
+    ``split``, config overrides and ``scale``)."""
     out = skinny_partials(x, weight, **launch).sum(0)
     return out if bias is None else out + bias.float()

@@ -11,7 +11,8 @@ path computes the same function with
   unfolded input against a *view* of the convolution weight (no copies, so the path
   always sees the module's current weights); on a CPU this orientation of the product
   is several times faster than ``conv1d`` for these shapes;
-* transposed convolutions as one product followed by strided overlap-adds.
+* transposed convolutions as one product followed by strided overlap-adds;
+* optionally int8 weights for the deep convolutions (:func:`quantize_convs`).
 
 Outputs equal the module's within float rounding (tested to 1e-5 in fp32).
 """
@@ -24,10 +25,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .skinny_matmul import skinny_linear, skinny_linear_finished, skinny_supported
+from .skinny_matmul import quantize_rows, skinny_linear, skinny_linear_finished, skinny_supported
 from .unet1d import ConditionalUnet1D, FiLMResBlock
 
 SplitK = bool | Literal["triton"]
+# Convolutions with at least this many inputs per output (in_channels x kernel) are "deep": the ones that
+# get int8 weights (ONNX Runtime on a CPU, Triton on CUDA). Quantising the shallow ones too (the first
+# layers read the raw 2-D action) changed the bundled state policy's score; the deep ones did not.
+INT8_MIN_DEPTH = 640
+
+
+def _convs(unet: nn.Module) -> list[nn.Conv1d]:
+    return [m for m in unet.modules() if isinstance(m, nn.Conv1d)]
+
+
+def quantize_convs(target: nn.Module, source: nn.Module) -> int:
+    """Gives each deep ``nn.Conv1d`` of ``target`` (a copy of ``source``, e.g. in bf16) the int8 weights of the
+    matching convolution of ``source``, one scale per output channel (:func:`~.skinny_matmul.quantize_rows`),
+    as buffers ``weight_int8 (C_out, C_in * k)`` and ``weight_scale (C_out,)``; :func:`conv1d_time_major`
+    then computes with those instead of the weight. Called again, refreshes them in place (so that captured
+    CUDA graphs stay valid). Returns how many convolutions are quantised."""
+    pairs = [(dst, src) for dst, src in zip(_convs(target), _convs(source), strict=True)
+             if src.in_channels * src.kernel_size[0] >= INT8_MIN_DEPTH]
+    for dst, src in pairs:
+        q, scale = quantize_rows(src.weight.view(src.out_channels, -1))
+        if hasattr(dst, "weight_int8"):
+            dst.weight_int8.copy_(q)
+            dst.weight_scale.copy_(scale)
+        else:
+            dst.register_buffer("weight_int8", q)
+            dst.register_buffer("weight_scale", scale)
+    return len(pairs)
 
 
 def split_k_factor(rows: int, depth: int, cols: int, units: int = 132) -> int:
@@ -61,8 +89,26 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sp
     return out if bias is None else out + bias
 
 
+def _linear_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                 split_k: SplitK) -> torch.Tensor:
+    """``F.linear(x, q * scale[:, None], bias)`` in ``x``'s dtype: with ``split_k="triton"``, the Triton kernel
+    that reads the int8 weights (bf16 ``x``, few rows); otherwise through a dequantised copy of them."""
+    if split_k == "triton" and skinny_supported(x, q):
+        if torch.compiler.is_compiling():
+            return skinny_linear(x, q, bias, scale=scale).to(x.dtype)
+        return skinny_linear_finished(x, q, bias, scale)
+    return _linear_dequantized(x, q, scale, bias)
+
+
+def _linear_dequantized(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The int8 product without Triton: the weights are widened on every call (correct, not fast)."""
+    out = F.linear(x, q.to(x.dtype)).float() * scale
+    return (out if bias is None else out + bias.float()).to(x.dtype)
+
+
 def conv1d_time_major(x: torch.Tensor, conv: nn.Conv1d, split_k: SplitK = False) -> torch.Tensor:
-    """``conv(x)`` for time-major ``x`` of shape ``(B, T, C_in)``; returns ``(B, T_out, C_out)``."""
+    """``conv(x)`` for time-major ``x`` of shape ``(B, T, C_in)``; returns ``(B, T_out, C_out)``. With int8
+    weights (:func:`quantize_convs`), ``conv`` with those."""
     k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
     b = x.shape[0]
     if k == 1 and s == 1 and p == 0:
@@ -71,6 +117,9 @@ def conv1d_time_major(x: torch.Tensor, conv: nn.Conv1d, split_k: SplitK = False)
         cols = F.pad(x, (0, 0, p, p)).unfold(1, k, s)  # (B, T_out, C_in, k), element [c, j] = x[t*s + j - p, c]
         t_out = cols.shape[1]
         cols = cols.reshape(b * t_out, -1)
+    q = getattr(conv, "weight_int8", None)
+    if q is not None:
+        return _linear_int8(cols, q, conv.weight_scale, conv.bias, split_k).view(b, t_out, -1)
     return _linear(cols, conv.weight.view(conv.out_channels, -1), conv.bias, split_k).view(b, t_out, -1)
 
 
