@@ -51,7 +51,7 @@ SWEEP = {
     torch.float32: [LaunchConfig(64, 64, 4, 3, "ieee"), LaunchConfig(64, 32, 4, 4, "ieee"),
                     LaunchConfig(64, 32, 4, 4, "tf32x3"), LaunchConfig(32, 64, 4, 4, "tf32x3"),
                     LaunchConfig(64, 64, 8, 3, "tf32x3"), LaunchConfig(128, 32, 4, 4, "tf32x3")],
-    torch.int8: [LaunchConfig(32, 128, 4, 4), LaunchConfig(64, 128, 4, 4), LaunchConfig(64, 256, 4, 3),
+    torch.int8: [LaunchConfig(32, 256, 4, 4), LaunchConfig(64, 128, 4, 4), LaunchConfig(64, 256, 4, 3),
                  LaunchConfig(32, 512, 4, 3), LaunchConfig(16, 256, 4, 4), LaunchConfig(32, 256, 8, 4)],
 }
 SPLIT_SCALES = (0.5, 1.0, 2.0)  # multiples of the default split for the config

@@ -399,7 +399,6 @@ def test_cuda_int8_stays_close_to_reference(compile: bool, monkeypatch: pytest.M
     within INT8_TOLERANCE of its fp32 reference, and follow new weights loaded in place."""
     pytest.importorskip("triton")
     from dp_core.fast_inference import INT8_TOLERANCE
-
     from dp_core.models import unet1d_fast
 
     def no_fallback(*args):

@@ -25,7 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .skinny_matmul import quantize_rows, skinny_linear, skinny_linear_finished, skinny_supported
+from .skinny_matmul import (
+    quantize_rows,
+    skinny_linear,
+    skinny_linear_finished,
+    skinny_supported,
+)
 from .unet1d import ConditionalUnet1D, FiLMResBlock
 
 SplitK = bool | Literal["triton"]
