@@ -132,7 +132,7 @@ def bench_shape(dtype_name: str, n: int, k: int, m: int, args: argparse.Namespac
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="4,16", help="comma-separated row counts M")
-    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--dtypes", default="float32,bfloat16,int8")
     parser.add_argument("--launches", type=int, default=50)
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--footprint-mb", type=float, default=160.0, help="weight copies per graph, in total")

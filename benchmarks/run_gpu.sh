@@ -61,12 +61,12 @@ if [[ $steps == *" targets "* ]]; then
 step "latency, target rows"
 # shellcheck disable=SC2086  # a word list
 latency targets --presets pusht_image_unet --cameras 2 --image-sizes 96x96 --settings ddim16 \
-  --paths ${TARGET_PATHS-reference fast fast-bf16 fast-bf16-compile}
+  --paths ${TARGET_PATHS-reference fast fast-bf16 fast-bf16-compile fast-int8-compile}
 fi
 if [[ $steps == *" compile "* ]]; then
 step "latency, torch.compile"
 latency compile --presets pusht_image_unet pusht_state_unet_small --cameras 2 --image-sizes 96x96 --settings ddim16 \
-  --paths fast fast-compile fast-bf16-compile
+  --paths fast fast-compile fast-bf16-compile fast-int8-compile
 fi
 if [[ $steps == *" products "* ]]; then
 step "few-row products: cuBLAS, batched split-K, Triton"
@@ -74,7 +74,7 @@ step "few-row products: cuBLAS, batched split-K, Triton"
 fi
 if [[ $steps == *" profile "* ]]; then
 step "kernel profile of the target row"
-"$py" benchmarks/profile_inference.py --paths fast fast-bf16-compile --output "$out/profile.json" \
+"$py" benchmarks/profile_inference.py --paths fast fast-bf16-compile fast-int8-compile --output "$out/profile.json" \
   > "$out/profile.log" 2>&1 || status=1
 fi
 [ ${#parts[@]} -gt 0 ] && { "$py" - "$out/inference.json" "${parts[@]}" <<'EOF' || status=1; }

@@ -213,6 +213,21 @@ def test_int8_convs_close_to_module_and_refreshed_in_place() -> None:
     assert 1e-5 < rel_err() < 2e-2 and [m.weight_int8.data_ptr() for m in deep] == buffers
 
 
+def test_weight_walk_matches_parameters_and_sees_replacements() -> None:
+    """The per-chunk walk over the weights (keys of captured graphs, freshness of the bf16 copy) visits what
+    Module.parameters() and buffers() do, and sees a parameter replaced by a new one."""
+    from dp_core.fast_inference import _tensors
+
+    policy = DiffusionPolicy(tiny_policy_config(IMAGE, 2))
+    fast = policy._fast
+    ids = lambda ts: [id(t) for t in ts]  # noqa: E731
+    assert ids(_tensors(fast._modules)) == ids([*policy.parameters(), *policy.buffers()])
+    assert ids(_tensors(fast._unet_modules, buffers=False)) == ids(policy.denoiser.parameters())
+    conv = next(m for m in policy.denoiser.modules() if isinstance(m, torch.nn.Conv1d))
+    conv.weight = torch.nn.Parameter(conv.weight.detach().clone())
+    assert id(conv.weight) in ids(_tensors(fast._modules)) and id(conv.weight) in ids(_tensors(fast._unet_modules))
+
+
 def test_fast_unet_refuses_unsupported_convolutions() -> None:
     net = ConditionalUnet1D(2, 4, [8, 16], n_groups=4, step_embed_dim=8)
     net.head[1] = torch.nn.Conv1d(8, 2, 1, dilation=2)
