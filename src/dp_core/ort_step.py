@@ -291,6 +291,7 @@ class OrtUnetStep:
         self._params = list(unet.unet.parameters())  # the same objects for the module's life (loads copy in place)
         self._weights: tuple | None = None
         self._sessions: dict[tuple, object] = {}
+        self._step_films: dict[tuple, torch.Tensor] = {}  # timesteps -> FastUnet1D.film_step_part, current weights
 
     def _weights_key(self) -> tuple:
         return tuple((p.data_ptr(), p._version) for p in self._params)
@@ -313,6 +314,7 @@ class OrtUnetStep:
         weights = self._weights_key()
         if weights != self._weights:  # a graph holds the weights it was built with
             self._sessions.clear()
+            self._step_films.clear()
             self._weights = weights
         if what not in self._sessions:
             self._sessions[what] = self._build(what)
@@ -324,12 +326,17 @@ class OrtUnetStep:
         return ("step", *shape) if plan.draws_noise else ("loop", *shape, len(plan), plan.clip)
 
     def condition(self, plan: SamplingPlan, global_cond: torch.Tensor, sample: torch.Tensor) -> np.ndarray:
-        """The FiLM inputs ``(K, B, F)`` of the chunk's steps (computed once per chunk); also builds the
-        session that ``plan`` runs on for the current weights, if needed (so that a failure shows here)."""
+        """The FiLM inputs ``(K, B, F)`` of the chunk's steps (the timesteps' part kept per plan and weights,
+        the observation's computed per chunk); also builds the session that ``plan`` runs on for the current
+        weights, if needed (so that a failure shows here)."""
         if sample.device.type != "cpu":
             raise ValueError(f"the ONNX Runtime backend runs on the CPU; the policy is on {sample.device}")
         self._get(self._what(plan, sample))
-        return np.ascontiguousarray(self.unet.film_table(plan.timesteps, global_cond).float().numpy())
+        key = tuple(plan.timesteps.tolist())
+        if key not in self._step_films:
+            self._step_films[key] = self.unet.film_step_part(plan.timesteps)
+        table = self.unet.film_table(plan.timesteps, global_cond, self._step_films[key])
+        return np.ascontiguousarray(table.float().numpy())
 
     def __call__(self, x: torch.Tensor, films: np.ndarray) -> torch.Tensor:
         """Predicted noise for ``x`` ``(B, T, A)`` at the step whose FiLM inputs ``(B, F)`` are ``films``."""

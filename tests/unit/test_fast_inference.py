@@ -117,6 +117,23 @@ def test_fast_unet_equals_module(down_dims: list[int], kernel: int) -> None:
             assert torch.allclose(out, ref, rtol=0, atol=1e-5), (out - ref).abs().max()
 
 
+def test_film_table_split_equals_one_product() -> None:
+    """The FiLM table as the timesteps' part plus the observation's part (the first kept across chunks by the
+    ONNX Runtime backend) equals the blocks' linear layers on ``mish(cat(step embedding, observation))``."""
+    torch.manual_seed(0)
+    net = ConditionalUnet1D(2, 10, [16, 32], n_groups=4, step_embed_dim=16).eval()
+    fast = FastUnet1D(net)
+    timesteps, cond = torch.tensor([99, 40, 0]), torch.randn(3, 10)
+    with torch.inference_mode():
+        emb = net.step_embed(timesteps)
+        ref = torch.stack([torch.cat([block.film(torch.cat([emb[i].expand(3, -1), cond], -1)) for block in fast.blocks], -1)
+                           for i in range(3)])
+        part = fast.film_step_part(timesteps)
+        for table in (fast.film_table(timesteps, cond), fast.film_table(timesteps, cond, part)):
+            assert table.shape == (3, 3, sum(fast.film_sizes()))
+            assert torch.allclose(table, ref, atol=1e-5), (table - ref).abs().max()
+
+
 TRITON_UNET = """
 import copy
 import torch

@@ -175,18 +175,29 @@ class FastUnet1D:
         """Widths of the parts of a :meth:`film_table` row: ``scale, bias`` of each block in turn."""
         return [block.block2[0].out_channels for block in self.blocks for _ in range(2)]
 
-    def film_table(self, timesteps: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
+    def film_table(self, timesteps: torch.Tensor, global_cond: torch.Tensor,
+                   step_part: torch.Tensor | None = None) -> torch.Tensor:
         """FiLM ``scale, bias`` of every block, concatenated: ``(K, B, F)`` for the ``K`` ``timesteps``.
 
-        All blocks read the same ``mish(cond)``, so their linear layers run as one product.
+        All blocks read the same ``mish(cond)``, so their linear layers run as one product; ``cond`` is the
+        step embedding beside the observation and Mish acts element-wise, so the product splits into a
+        part of the timesteps alone (``step_part``, :meth:`film_step_part`, which a caller may keep
+        across chunks of the same plan and weights) and a part of the observation.
         """
-        k, b = timesteps.shape[0], global_cond.shape[0]
+        if step_part is None:
+            step_part = self.film_step_part(timesteps)
+        weight, _ = self._film_weights()
+        return step_part[:, None] + F.linear(F.mish(global_cond), weight[:, self.unet.step_embed[-1].out_features :])[None]
+
+    def film_step_part(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The timesteps' part of :meth:`film_table` (bias included): ``(K, F)``."""
+        weight, bias = self._film_weights()
         emb = self.unet.step_embed(timesteps)  # (K, E)
-        cond = torch.cat([emb[:, None].expand(k, b, -1), global_cond[None].expand(k, -1, -1)], dim=-1)
+        return F.linear(F.mish(emb), weight[:, : emb.shape[-1]], bias)
+
+    def _film_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         linears = [block.film[1] for block in self.blocks]
-        weight = torch.cat([lin.weight for lin in linears])
-        bias = torch.cat([lin.bias for lin in linears])
-        return F.linear(F.mish(cond), weight, bias)
+        return torch.cat([lin.weight for lin in linears]), torch.cat([lin.bias for lin in linears])
 
     def condition(self, timesteps: torch.Tensor, global_cond: torch.Tensor) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
         """FiLM ``(scale, bias)`` of every block, ``(B, 1, C)`` each, for each of ``timesteps`` (K,)."""
