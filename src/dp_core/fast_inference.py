@@ -57,8 +57,8 @@ class InferenceOptions:
     gives the UNet's deep convolutions int8 weights, one scale per output channel (outputs within
     ``INT8_TOLERANCE`` rather than the fp32 tolerance): on a CPU on the ONNX Runtime backend, with
     activations quantised per call (:mod:`dp_core.ort_step`); on CUDA on the torch backend, as bf16 plus
-    int8 weights read by the Triton products (activations stay bf16; cuBLAS on a dequantised copy where
-    Triton does not run).
+    int8 weights read by the Triton products (activations stay bf16; where Triton does not run, or for more
+    than 16 rows, each product widens its weights first: correct, not fast).
     ``cuda_graph``: capture and replay noise-free sampling calls on CUDA.
     ``channels_last``: convert the image encoders' weights to channels-last layout on first use
     (leave it off for a policy that is being trained).
