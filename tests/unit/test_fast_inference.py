@@ -173,7 +173,7 @@ def test_fast_unet_triton_products_equal_module() -> None:
 
 @pytest.mark.parametrize("works", [True, False])
 def test_split_k_auto_resolution(works: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``split_k="auto"``: Triton for fp32, and for bf16 under compile, where the kernel works on the device;
+    """``split_k="auto"``: Triton for fp32 and int8, and for bf16 under compile, where the kernel works on the device;
     otherwise the batched split for fp32 only; nothing off CUDA; explicit choices pass through."""
     from types import SimpleNamespace
 
@@ -191,6 +191,7 @@ def test_split_k_auto_resolution(works: bool, monkeypatch: pytest.MonkeyPatch) -
     assert resolve("cuda", precision="bf16") is False
     assert resolve("cuda", precision="bf16", compile=True) == ("triton" if works else False)
     assert resolve("cuda", compile=True) == triton
+    assert resolve("cuda", precision="int8") == ("triton" if works else False)  # int8 weights need the kernel
     assert resolve("cpu") is False and resolve("cpu", split_k="triton") is False
     assert resolve("cuda", split_k=True) is True and resolve("cuda", split_k="triton") == "triton"
     assert resolve("cuda", split_k=False) is False
