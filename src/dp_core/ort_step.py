@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .models.skinny_matmul import quantize_rows
 from .models.unet1d import FiLMResBlock
 from .models.unet1d_fast import INT8_MIN_DEPTH, FastUnet1D
 from .sampling import SamplingPlan
@@ -125,11 +126,10 @@ class _StepWriter:
     def _int8_product(self, cols: str, weight: np.ndarray, bias: str) -> str:
         """``cols^T @ weight^T + bias`` with int8 weights (symmetric, per output channel)."""
         g = self.g
-        scale = np.abs(weight).max(axis=1) / 127.0
-        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-        q = np.clip(np.round(weight / scale[:, None]), -127, 127).astype(np.int8).T  # (K, N)
+        q, scale = quantize_rows(torch.from_numpy(weight))
         rows = g.op("Transpose", cols, perm=[1, 0])
-        return g.op("DynamicQuantizeMatMul", rows, g.const(q), g.const(scale), "", bias, domain="com.microsoft")
+        return g.op("DynamicQuantizeMatMul", rows, g.const(q.numpy().T), g.const(scale.numpy()), "", bias,
+                    domain="com.microsoft")
 
     def conv_cm(self, x: str, t: int, conv: nn.Conv1d) -> tuple[str, int]:
         y, t_out = self.conv(x, t, conv)
