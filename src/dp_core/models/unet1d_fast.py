@@ -186,18 +186,18 @@ class FastUnet1D:
         """
         if step_part is None:
             step_part = self.film_step_part(timesteps)
-        weight, _ = self._film_weights()
-        return step_part[:, None] + F.linear(F.mish(global_cond), weight[:, self.unet.step_embed[-1].out_features :])[None]
+        obs_weight = self._film_weight(slice(self.unet.step_embed[-1].out_features, None))
+        return step_part[:, None] + F.linear(F.mish(global_cond), obs_weight)[None]
 
     def film_step_part(self, timesteps: torch.Tensor) -> torch.Tensor:
         """The timesteps' part of :meth:`film_table` (bias included): ``(K, F)``."""
-        weight, bias = self._film_weights()
         emb = self.unet.step_embed(timesteps)  # (K, E)
-        return F.linear(F.mish(emb), weight[:, : emb.shape[-1]], bias)
+        bias = torch.cat([block.film[1].bias for block in self.blocks])
+        return F.linear(F.mish(emb), self._film_weight(slice(None, emb.shape[-1])), bias)
 
-    def _film_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        linears = [block.film[1] for block in self.blocks]
-        return torch.cat([lin.weight for lin in linears]), torch.cat([lin.bias for lin in linears])
+    def _film_weight(self, columns: slice) -> torch.Tensor:
+        """The blocks' FiLM weights, stacked (rows as in a table row), restricted to input ``columns``."""
+        return torch.cat([block.film[1].weight[:, columns] for block in self.blocks])
 
     def condition(self, timesteps: torch.Tensor, global_cond: torch.Tensor) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
         """FiLM ``(scale, bias)`` of every block, ``(B, 1, C)`` each, for each of ``timesteps`` (K,)."""
