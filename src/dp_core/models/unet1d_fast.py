@@ -73,17 +73,19 @@ def split_k_factor(rows: int, depth: int, cols: int, units: int = 132) -> int:
     return split
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, split_k: SplitK) -> torch.Tensor:
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, split_k: SplitK,
+            scale: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear`` on 2-D ``x``; with ``split_k``, as partial products over slices of the input dimension
     (one batched product, then their sum), so that a product of few rows keeps the whole GPU busy;
-    ``"triton"``: the same split in one Triton kernel (:mod:`.skinny_matmul`) where it applies."""
-    if split_k == "triton":
-        if not skinny_supported(x, weight):
-            return F.linear(x, weight, bias)
+    ``"triton"``: the same split in one Triton kernel (:mod:`.skinny_matmul`) where it applies. ``scale``:
+    ``weight`` is int8 with these row scales (:func:`quantize_convs`); the result is in ``x``'s dtype."""
+    if split_k == "triton" and skinny_supported(x, weight):
         if torch.compiler.is_compiling():  # inductor fuses the sum of the partials into the operators after it
-            return skinny_linear(x, weight, bias).to(x.dtype)
-        return skinny_linear_finished(x, weight, bias)  # one kernel launch that sums the partials itself
-    split = split_k_factor(x.shape[0], x.shape[1], weight.shape[0]) if split_k else 1
+            return skinny_linear(x, weight, bias, scale=scale).to(x.dtype)
+        return skinny_linear_finished(x, weight, bias, scale)  # one kernel launch that sums the partials itself
+    if scale is not None:
+        return _linear_dequantized(x, weight, scale, bias)
+    split = split_k_factor(x.shape[0], x.shape[1], weight.shape[0]) if split_k is True else 1
     if split == 1:
         return F.linear(x, weight, bias)
     m, depth = x.shape
@@ -92,17 +94,6 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sp
     w = weight.view(n, split, depth // split).permute(1, 2, 0)  # (S, D/S, N), views of the weight
     out = torch.bmm(a, w).sum(0, dtype=torch.float32)
     return out if bias is None else out + bias
-
-
-def _linear_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-                 split_k: SplitK) -> torch.Tensor:
-    """``F.linear(x, q * scale[:, None], bias)`` in ``x``'s dtype: with ``split_k="triton"``, the Triton kernel
-    that reads the int8 weights (bf16 ``x``, few rows); otherwise through a dequantised copy of them."""
-    if split_k == "triton" and skinny_supported(x, q):
-        if torch.compiler.is_compiling():
-            return skinny_linear(x, q, bias, scale=scale).to(x.dtype)
-        return skinny_linear_finished(x, q, bias, scale)
-    return _linear_dequantized(x, q, scale, bias)
 
 
 def _linear_dequantized(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -122,9 +113,8 @@ def conv1d_time_major(x: torch.Tensor, conv: nn.Conv1d, split_k: SplitK = False)
         cols = F.pad(x, (0, 0, p, p)).unfold(1, k, s)  # (B, T_out, C_in, k), element [c, j] = x[t*s + j - p, c]
         t_out = cols.shape[1]
         cols = cols.reshape(b * t_out, -1)
-    q = getattr(conv, "weight_int8", None)
-    if q is not None:
-        return _linear_int8(cols, q, conv.weight_scale, conv.bias, split_k).view(b, t_out, -1)
+    if hasattr(conv, "weight_int8"):
+        return _linear(cols, conv.weight_int8, conv.bias, split_k, conv.weight_scale).view(b, t_out, -1)
     return _linear(cols, conv.weight.view(conv.out_channels, -1), conv.bias, split_k).view(b, t_out, -1)
 
 
