@@ -84,33 +84,42 @@ class EpisodeStore:
             raise DatasetError(f"{self.path}: data/{key} has {arr.shape[0]} rows but episode_ends needs {n}")
         return np.asarray(arr[:n])
 
+    def _check_schema(self, episode: dict[str, np.ndarray]) -> None:
+        """An episode for a dataset that already has arrays must have exactly its keys, per-step shapes, and
+        dtypes that store without changing kind (no float images into uint8, no float timestamps into ints)."""
+        if not self.keys():
+            return
+        data = self.group["data"]
+        missing, extra = sorted(set(self.keys()) - set(episode)), sorted(set(episode) - set(self.keys()))
+        if missing or extra:
+            raise DatasetError(f"episode keys differ from the dataset's {self.keys()}: missing {missing}, extra {extra}")
+        for key, value in episode.items():
+            arr = data[key]
+            if arr.shape[1:] != value.shape[1:]:
+                raise DatasetError(f"data/{key}: step shape {value.shape[1:]} != stored {arr.shape[1:]}")
+            if not np.can_cast(value.dtype, arr.dtype, casting="same_kind"):
+                raise DatasetError(f"data/{key}: dtype {value.dtype} cannot be stored as {arr.dtype}")
+
     def add_episode(self, episode: dict[str, np.ndarray], chunk_steps: int = 1000) -> None:
-        """Append one episode (same length for every key); commits ``episode_ends`` last."""
+        """Append one episode (same length for every key); commits ``episode_ends`` last. The episode is checked
+        against the dataset's keys, shapes and dtypes (:class:`DatasetError`) before anything is written."""
         lengths = {k: len(v) for k, v in episode.items()}
         if len(set(lengths.values())) != 1:
             raise DatasetError(f"episode arrays differ in length: {lengths}")
         length = next(iter(lengths.values()))
         if length == 0:
             raise DatasetError("cannot add an empty episode")
+        episode = {k: np.asarray(v) for k, v in episode.items()}
+        self._check_schema(episode)
         start = self.n_steps
         data = self.group.require_group("data")
-        if start == 0 and self.keys():
-            existing = set(self.keys())
-            if existing != set(episode):
-                raise DatasetError(f"episode keys {sorted(episode)} differ from dataset keys {sorted(existing)}")
         for key, value in episode.items():
-            value = np.asarray(value)
             if key not in data:
                 data.create_array(key, shape=(0, *value.shape[1:]), dtype=value.dtype,
                                   chunks=(chunk_steps, *value.shape[1:]))
             arr = data[key]
-            if arr.shape[1:] != value.shape[1:]:
-                raise DatasetError(f"data/{key}: step shape {value.shape[1:]} != stored {arr.shape[1:]}")
             arr.resize((start + length, *arr.shape[1:]))
             arr[start : start + length] = value
-        missing = set(self.keys()) - set(episode)
-        if missing:
-            raise DatasetError(f"episode lacks keys {sorted(missing)} present in the dataset")
         ends = np.append(self.episode_ends, start + length).astype(np.int64)
         meta = self.group.require_group("meta")
         if "episode_ends" in meta:

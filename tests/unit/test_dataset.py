@@ -49,10 +49,19 @@ def test_append_validates_and_reopen_appends(tmp_path: Path) -> None:
     store = EpisodeStore.open(path, mode="a")
     with pytest.raises(DatasetError, match="differ in length"):
         store.add_episode({"state": np.zeros((2, 2)), "action": np.zeros((3, 1))})
-    with pytest.raises(DatasetError, match="lacks keys"):
+    with pytest.raises(DatasetError, match=r"missing \['action'\], extra \[\]"):
         store.add_episode({"state": np.zeros((2, 2), np.float32)})
-    # A failed append must not change the committed episodes.
-    assert EpisodeStore.open(path).episode_ends.tolist() == [3]
+    with pytest.raises(DatasetError, match=r"missing \[\], extra \['timestamp'\]"):
+        store.add_episode({**_episodes([2])[0], "timestamp": np.arange(2.0)})
+    with pytest.raises(DatasetError, match="data/action: dtype float32 cannot be stored as int16"):
+        bad = write_episodes(tmp_path / "int.zarr", [{"action": np.zeros((2, 1), np.int16)}])
+        EpisodeStore.open(bad, mode="a").add_episode({"action": np.full((2, 1), 0.5, np.float32)})
+    with pytest.raises(DatasetError, match="step shape"):
+        store.add_episode({"state": np.zeros((2, 3), np.float32), "action": np.zeros((2, 1), np.float32)})
+    # A failed append writes nothing: no new array, no rows, the committed episodes unchanged.
+    reopened = EpisodeStore.open(path)
+    assert reopened.episode_ends.tolist() == [3] and reopened.keys() == ["action", "state"]
+    assert [zarr.open_group(str(path))[f"data/{k}"].shape[0] for k in ("action", "state")] == [3, 3]
     store.add_episode(_episodes([3, 2])[1])
     assert EpisodeStore.open(path).episode_ends.tolist() == [3, 5]
 
