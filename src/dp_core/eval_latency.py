@@ -42,7 +42,7 @@ def run_delayed_episode(
             arrival, stamp, actions = item
             schedule.add_chunk(stamp if compensate else arrival, actions, now=arrival)
             pending.remove(item)
-        for sent in schedule.pop_due(now + dt):
+        for sent in schedule.pop_due(now, dt):
             target = sent.action
         obs, coverage, done, _ = env.step(target)
         history = (history + [observation_from_sources(pusht_sources(obs), sm)])[-cfg.n_obs_steps :]

@@ -102,6 +102,39 @@ def test_watchdog_fires_discards_the_schedule_and_clears_on_a_new_chunk() -> Non
     assert [a.due for a in sent] == pytest.approx([1.0]) and sent[0].action[0] == 10.0
 
 
+def test_watchdog_is_judged_at_now_not_at_the_lead() -> None:
+    # The executor sends actions lead_time ahead of their due time; the watchdog must still allow watchdog_s.
+    s = schedule(watchdog_s=0.5)
+    s.add_chunk(0.0, ramp(), now=0.0)
+    sent = s.pop_due(0.45, lead=0.1)  # chunk 0.45 s old: not stale yet
+    assert [a.due for a in sent] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5]) and s.stats.expired == 0
+    assert s.pop_due(0.51, lead=0.1) == [] and s.stats.expired == 3
+
+
+def test_a_fresh_chunk_never_revives_an_expired_schedule() -> None:
+    s = schedule(watchdog_s=0.5)
+    s.add_chunk(0.0, ramp(n=16), now=0.0)  # due 0.1 .. 1.6; nobody polls until after the watchdog
+    s.add_chunk(1.2, ramp(n=4, start=50.0), now=1.2)  # due 1.3 .. 1.6
+    sent = s.pop_due(1.35)
+    assert [(a.due, a.stamp) for a in sent] == [(pytest.approx(1.3), 1.2)]  # nothing of the stale chunk
+    assert (s.stats.expired, s.stats.replaced) == (16, 0)  # discarded whole before the fresh one was scheduled
+
+
+def test_sent_waypoints_stay_in_time_order_and_within_the_speed_limit() -> None:
+    s = schedule(max_step=10.0)
+    s.add_chunk(0.0, ramp(start=1.0), now=0.0)  # due 0.1 .. 0.8
+    assert [a.due for a in s.pop_due(0.15, lead=0.1)] == pytest.approx([0.1, 0.2])  # sent ahead of due
+    # A chunk from an observation off the old grid: its 0.19 is not late by the margin, but 0.2 went out.
+    stats = s.add_chunk(0.09, np.stack([np.full(8, 30.0), np.zeros(8)], 1), now=0.16)
+    assert (stats.dropped, stats.first_due) == (1, pytest.approx(0.29))
+    sent = s.pop_due(0.2, lead=0.1)
+    assert [a.due for a in sent] == pytest.approx([0.29])
+    # 0.09 s after the waypoint at 0.2 (x = 2): at most 0.9 * max_step, i.e. max_step per dt.
+    np.testing.assert_allclose(sent[0].action, [2.0 + 9.0, 0.0])
+    dues = [0.1, 0.2, 0.29] + [a.due for a in s.pop_due(1.0, lead=0.1)]
+    assert all(b > a for a, b in zip(dues, dues[1:]))
+
+
 @pytest.mark.parametrize(
     "actions, match",
     [

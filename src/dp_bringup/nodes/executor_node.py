@@ -109,7 +109,7 @@ class ActionExecutorNode(Node):
 
     def _on_tick(self) -> None:
         now = self._now()
-        for item in self._schedule.pop_due(now + self._lead):
+        for item in self._schedule.pop_due(now, self._lead):
             if item.stamp != self._last_obs_stamp:  # the first action sent from a new chunk
                 self._last_obs_stamp = item.stamp
                 self._obs_to_sent.append(now - item.stamp)

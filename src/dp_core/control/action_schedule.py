@@ -2,9 +2,11 @@
 
 A chunk computed from the observation at ``stamp`` holds actions due at ``stamp + (i + 1) * dt``.
 By the time it arrives, inference latency has made its first actions late: those due at or before
-``now + latency_margin`` are dropped, and the rest replace whatever was scheduled from the first
-kept action onward. Sent actions are clamped to a workspace box and their step from the previously
-sent action is limited; a watchdog stops execution when chunks stop coming.
+``now + latency_margin``, or no later than an action already sent, are dropped (so sent waypoints are
+strictly ordered in time), and the rest replace whatever was scheduled from the first kept action
+onward. Sent actions are clamped to a workspace box and their step from the previously sent action is
+limited (a speed limit: ``max_step`` per ``dt`` of due time); a watchdog stops execution when chunks
+stop coming.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class ChunkStats:
     """What :meth:`ActionSchedule.add_chunk` did with one chunk."""
 
     received: int
-    dropped: int  # due at or before now + latency_margin
+    dropped: int  # due at or before now + latency_margin, or at or before the last action sent
     replaced: int  # previously scheduled actions this chunk overrode
     clamped: int  # actions moved into the workspace
     first_due: float | None  # due time of the first kept action; None when all were dropped
@@ -45,7 +47,7 @@ class ScheduleStats:
 
     chunks: int = 0
     received: int = 0
-    dropped: int = 0  # late on arrival
+    dropped: int = 0  # late on arrival (or not after an action already sent)
     replaced: int = 0  # overridden by a newer chunk (normal in receding-horizon control)
     expired: int = 0  # discarded unsent when the watchdog fired
     clamped: int = 0
@@ -62,13 +64,16 @@ class ActionSchedule:
 
     Sent actions pass a :class:`~dp_core.control.command_limits.CommandLimiter` (the limits teleoperation
     uses too): clamped into the workspace box on arrival, and ``max_step`` (``None``: no limit) bounds
-    the Euclidean norm of the difference between consecutive sent actions. The first action ever sent
-    has no predecessor and is not step-limited.
+    the Euclidean norm of the difference between consecutive sent actions, pro rata for an action due
+    less than ``dt`` after the previous one (``max_step * gap / dt``: where a new chunk's first action
+    falls just after the previous chunk's last sent one, the implied speed stays within
+    ``max_step / dt``). The first action ever sent has no predecessor and is not step-limited.
 
     Watchdog: :meth:`hold` is true when no chunk scheduled an action within ``watchdog_s`` (or none
     ever did; chunks whose actions were all late do not count). While holding, :meth:`pop_due` sends
     nothing and discards the whole schedule, which was planned from observations older than the
-    watchdog: the caller publishes nothing, so the robot holds the last sent waypoint, and execution
+    watchdog, and a new chunk discards it before it is scheduled (even if :meth:`pop_due` was not called
+    in between): the caller publishes nothing, so the robot holds the last sent waypoint, and execution
     resumes only from a fresh chunk.
     """
 
@@ -96,6 +101,7 @@ class ActionSchedule:
         self._actions: list[np.ndarray] = []
         self._stamps: list[float] = []
         self._last_chunk: float | None = None
+        self._last_sent_due: float | None = None
 
     @property
     def dim(self) -> int:
@@ -127,9 +133,14 @@ class ActionSchedule:
             raise ValueError(f"action chunk has NaN/inf values in rows {rows}")
         if not (math.isfinite(stamp) and math.isfinite(now)):
             raise ValueError(f"stamp and now must be finite; got stamp={stamp}, now={now}")
+        if self.hold(now):  # the watchdog has fired: what is still scheduled is stale, never send it
+            self._expire()
         n = arr.shape[0]
         due = stamp + self.dt * np.arange(1, n + 1)
-        first = int(np.count_nonzero(due <= now + self.latency_margin + _EPS))
+        cutoff = now + self.latency_margin
+        if self._last_sent_due is not None:
+            cutoff = max(cutoff, self._last_sent_due)
+        first = int(np.count_nonzero(due <= cutoff + _EPS))
         self.stats.chunks += 1
         self.stats.received += n
         self.stats.dropped += first
@@ -147,8 +158,9 @@ class ActionSchedule:
         self.stats.clamped += clamped
         return ChunkStats(n, first, replaced, clamped, float(due[first]))
 
-    def pop_due(self, now: float) -> list[ScheduledAction]:
-        """Remove and return the actions due at or before ``now``, in due order, step-limited.
+    def pop_due(self, now: float, lead: float = 0.0) -> list[ScheduledAction]:
+        """Remove and return the actions due at or before ``now + lead``, in due order, step-limited (the
+        watchdog is judged at ``now``).
 
         When the caller was late and several are due, all are sent in order rather than only the
         newest: each is still limited relative to its predecessor, and skipping the intermediate
@@ -156,23 +168,28 @@ class ActionSchedule:
         Their stamps stay their (past) due times so the receiver can see they are late.
         """
         if self.hold(now):
-            self.stats.expired += len(self._due)
-            self._due.clear()
-            self._actions.clear()
-            self._stamps.clear()
+            self._expire()
             return []
-        n = bisect.bisect_right(self._due, now + _EPS)
-        out = [ScheduledAction(due, stamp, self._limit(a))
+        n = bisect.bisect_right(self._due, now + lead + _EPS)
+        out = [ScheduledAction(due, stamp, self._limit(a, due))
                for due, stamp, a in zip(self._due[:n], self._stamps[:n], self._actions[:n])]
         del self._due[:n], self._stamps[:n], self._actions[:n]
         self.stats.sent += n
         return out
 
+    def _expire(self) -> None:
+        self.stats.expired += len(self._due)
+        self._due.clear()
+        self._actions.clear()
+        self._stamps.clear()
+
     def hold(self, now: float) -> bool:
         """True when no chunk scheduled an action within the last ``watchdog_s`` (or ever)."""
         return self._last_chunk is None or now - self._last_chunk > self.watchdog_s
 
-    def _limit(self, action: np.ndarray) -> np.ndarray:
-        out = self.limiter.apply(action)
+    def _limit(self, action: np.ndarray, due: float) -> np.ndarray:
+        gap = self.dt if self._last_sent_due is None else due - self._last_sent_due
+        out = self.limiter.apply(action, step_scale=min(1.0, max(gap, 0.0) / self.dt))
+        self._last_sent_due = due
         self.stats.limited += out.step_limited
         return out.command

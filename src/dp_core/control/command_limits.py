@@ -54,8 +54,9 @@ class CommandLimiter:
         """``command`` moved into the workspace box (no step limit, no state change)."""
         return np.clip(np.asarray(command, float), self.workspace_min, self.workspace_max)
 
-    def apply(self, command: Sequence[float] | np.ndarray) -> Limited:
-        """Clamp, step-limit against the last sent command, and remember the result as sent."""
+    def apply(self, command: Sequence[float] | np.ndarray, step_scale: float = 1.0) -> Limited:
+        """Clamp, step-limit against the last sent command (to ``max_step * step_scale``, ``0 <= step_scale
+        <= 1``), and remember the result as sent."""
         arr = np.asarray(command, dtype=float)
         if arr.shape != (self.dim,) or not np.all(np.isfinite(arr)):
             raise ValueError(f"command must be {self.dim} finite numbers; got {arr.tolist()}")
@@ -65,8 +66,9 @@ class CommandLimiter:
         if self.max_step is not None and self._last is not None:
             step = out - self._last
             norm = float(np.linalg.norm(step))
-            if norm > self.max_step:
-                out = self._last + step * (self.max_step / norm)
+            limit = self.max_step * step_scale
+            if norm > limit:
+                out = self._last + step * (limit / norm)
                 step_limited = True
         self._last = out.copy()
         return Limited(out, clamped, step_limited)
