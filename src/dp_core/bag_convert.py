@@ -28,10 +28,9 @@ from tqdm import tqdm
 
 from .bag_io import BagError, BagReader, short_type
 from .config import ConfigError, apply_overrides, from_dict, read_yaml
+from .control.stamps import STAMP_TOLERANCE_S as _EPS  # stamps this close count as equal
 from .dataset import DatasetError, EpisodeStore
 from .msg_fields import LOW_DIM_TYPES, image_to_numpy, low_dim_from_msg, position_from_msg, stamp_seconds
-
-_EPS = 1e-9
 
 
 @dataclass

@@ -135,6 +135,18 @@ def test_sent_waypoints_stay_in_time_order_and_within_the_speed_limit() -> None:
     assert all(b > a for a, b in zip(dues, dues[1:]))
 
 
+def test_chunks_on_one_grid_replace_each_other_at_clock_time_stamps() -> None:
+    # Observations 0.1 s apart at clock times: the newer chunk's due times come out a float step (~2.4e-7 s at
+    # 1.7e9 s) off the older one's and must still replace them, not be sent beside them.
+    for i in range(50):
+        base = 1_712_345_679.0 + i * 0.0137
+        s = schedule()
+        s.add_chunk(base, ramp(), now=base)  # due base + 0.1 .. 0.8
+        stats = s.add_chunk(base + 0.1, ramp(start=50.0), now=base + 0.1)  # due base + 0.2 .. 0.9
+        assert (stats.dropped, stats.replaced) == (0, 7)
+        assert [a.action[0] for a in s.pop_due(base + 0.35)] == [1.0, 50.0, 51.0]
+
+
 @pytest.mark.parametrize(
     "actions, match",
     [

@@ -25,6 +25,15 @@ def test_sample_index_and_interpolation() -> None:
     assert out[:2, 0] == pytest.approx([0.5, 2.0])
 
 
+def test_sample_index_at_clock_time_stamps() -> None:
+    # 50 Hz samples stamped exactly on a 0.1 s grid at clock times (~1.7e9 s): each grid time takes its own sample.
+    base = 1_712_345_679_123_456_789
+    ns = base + 20_000_000 * np.arange(300)
+    stamps = ns // 10**9 + (ns % 10**9) * 1e-9
+    times = stamps[0] + 0.1 * np.arange(60)
+    assert sample_index(stamps, times).tolist() == list(range(0, 300, 5))
+
+
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 def test_cell_bag_to_dataset(tmp_path: Path, storage: str) -> None:
     bag = write_cell_bag(tmp_path / "bag", seconds=6.0, gap=(3.0, 3.5), storage=storage)

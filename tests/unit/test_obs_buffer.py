@@ -105,3 +105,23 @@ def test_bad_input() -> None:
         buf.add("robot", 0.1, np.zeros(3))
     with pytest.raises(ValueError, match="unique"):
         ObsBuffer(["a", "a"], n_obs_steps=2, dt=0.1, max_age=1.0)
+
+
+def test_alignment_at_clock_time_stamps() -> None:
+    # Real stamps are clock times (~1.7e9 s, float64 resolution ~2.4e-7 s): a sample stamped exactly on a
+    # grid time t0 - k * dt must be taken, not the one before it (1e-9 s of tolerance missed 20 % of them).
+    def seconds(ns: int) -> float:
+        sec, nanosec = divmod(ns, 10**9)
+        return sec + nanosec * 1e-9  # as msg_fields.stamp_seconds
+
+    misaligned = 0
+    for i in range(200):
+        base = 1_761_000_000 * 10**9 + i * 7_340_000
+        buf = ObsBuffer(["camera", "state"], n_obs_steps=3, dt=0.1, max_age=1.0)
+        for k in range(-3, 3):
+            buf.add("camera", seconds(base + k * 100_000_000), np.array([k]))
+        for j in range(-15, 11):
+            buf.add("state", seconds(base + j * 20_000_000), np.array([j]))
+        obs = buf.get(now=seconds(base + 200_000_000))
+        misaligned += (obs.values["camera"][:, 0].tolist(), obs.values["state"][:, 0].tolist()) != ([0, 1, 2], [0, 5, 10])
+    assert misaligned == 0

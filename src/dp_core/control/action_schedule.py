@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .command_limits import CommandLimiter
-
-_EPS = 1e-9  # s: times this close count as equal (float noise in stamp + (i + 1) * dt)
+from .stamps import STAMP_TOLERANCE_S as _EPS  # due times this close count as equal
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_EPS = 1e-9  # s: a sample this close after a target time still counts as "at" it (float noise in t0 - k*dt)
+from .stamps import STAMP_TOLERANCE_S as _EPS  # a sample this close after a target time still counts as at it
 
 
 class RefusalKind(enum.Enum):
