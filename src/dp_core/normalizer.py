@@ -67,5 +67,6 @@ class Normalizer(nn.Module):
 
 
 def image_to_unit(img: torch.Tensor) -> torch.Tensor:
-    """(..., H, W, 3) uint8 or 0-255 float -> (..., 3, H, W) float in [0, 1]."""
-    return img.movedim(-1, -3).float().div_(255.0)
+    """(..., H, W, 3) uint8 or 0-255 float -> (..., 3, H, W) float in [0, 1] (never modifies ``img``)."""
+    img = img.movedim(-1, -3)
+    return img / 255.0 if img.dtype == torch.float32 else img.float().div_(255.0)  # .float() of fp32 is img itself

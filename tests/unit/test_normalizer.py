@@ -35,3 +35,10 @@ def test_stats_live_in_state_dict_and_images_go_to_unit_range() -> None:
     img = torch.full((1, 2, 4, 4, 3), 255, dtype=torch.uint8)
     out = n.normalize_obs({"cam": img})["cam"]
     assert out.shape == (1, 2, 3, 4, 4) and torch.all(out == 1.0)
+
+
+def test_float_images_are_scaled_without_touching_the_callers_tensor() -> None:
+    img = torch.full((1, 2, 4, 4, 3), 204.0)  # 0-255 float, e.g. from torch.as_tensor of the caller's numpy array
+    for _ in range(2):  # the same observation twice, as a control loop may pass it
+        out = Normalizer({}, 2).normalize_obs({"cam": img})["cam"]
+        assert torch.allclose(out, torch.tensor(0.8)) and torch.all(img == 204.0)
