@@ -125,3 +125,16 @@ def test_alignment_at_clock_time_stamps() -> None:
         obs = buf.get(now=seconds(base + 200_000_000))
         misaligned += (obs.values["camera"][:, 0].tolist(), obs.values["state"][:, 0].tolist()) != ([0, 1, 2], [0, 5, 10])
     assert misaligned == 0
+
+
+def test_fast_streams_keep_the_history_a_window_needs() -> None:
+    # A 500 Hz robot state beside a camera 60 ms behind it: the window ends at the camera's newest frame and
+    # its oldest step needs robot samples from 0.16 s before the robot's newest one (64 samples were 0.128 s).
+    buf = ObsBuffer(["camera", "robot"], n_obs_steps=3, dt=0.1, max_age=0.25)
+    for k in range(31):
+        buf.add("camera", 0.1 * k - 0.06 + 1e-4, np.array([k]))
+    for j in range(1501):
+        buf.add("robot", 0.002 * j, np.array([j]))
+    obs = buf.get(now=3.0)
+    assert obs is not None and obs.sample_stamps["robot"][0] == pytest.approx(2.74, abs=1e-3)
+    assert len(buf.stamps("robot")) <= (0.2 + 0.25 + 0.1) / 0.002 + 2  # and no more than the window

@@ -59,13 +59,15 @@ class AlignedObs:
 
 
 class ObsBuffer:
-    """Keeps the last ``capacity`` samples of each stream and aligns them on a ``dt`` grid.
+    """Keeps the recent samples of each stream and aligns them on a ``dt`` grid.
 
-    ``capacity`` must cover ``n_obs_steps * dt`` at the fastest stream's rate (e.g. 64 samples are
-    0.5 s at 125 Hz). Samples may arrive out of order; a sample with an existing stamp replaces it.
+    Each stream keeps what :meth:`get` can need, whatever its rate: its samples back to the last one at or
+    before ``(n_obs_steps - 1) * dt + max_age + dt`` before its newest sample, and at most ``capacity`` (a
+    memory bound: 4096 samples are 2 s at 2 kHz). Samples may arrive out of order; a sample with an
+    existing stamp replaces it.
     """
 
-    def __init__(self, streams: list[str], n_obs_steps: int, dt: float, max_age: float, capacity: int = 64) -> None:
+    def __init__(self, streams: list[str], n_obs_steps: int, dt: float, max_age: float, capacity: int = 4096) -> None:
         if not streams or len(set(streams)) != len(streams):
             raise ValueError(f"streams must be non-empty and unique; got {streams}")
         if n_obs_steps < 1 or capacity < 1:
@@ -76,6 +78,7 @@ class ObsBuffer:
         self.dt = float(dt)
         self.max_age = float(max_age)
         self.capacity = capacity
+        self.window = (n_obs_steps - 1) * self.dt + self.max_age + self.dt
         self._stamps: dict[str, list[float]] = {s: [] for s in streams}
         self._values: dict[str, list[np.ndarray]] = {s: [] for s in streams}
         self.refusal: Refusal | None = None  # why the last get() returned None
@@ -89,7 +92,7 @@ class ObsBuffer:
         return list(self._stamps[self._check(stream)])
 
     def add(self, stream: str, stamp: float, value: np.ndarray) -> None:
-        """Insert one sample in stamp order, dropping the oldest beyond ``capacity``."""
+        """Insert one sample in stamp order, dropping those older than the window and beyond ``capacity``."""
         stamps, values = self._stamps[self._check(stream)], self._values[stream]
         stamp = float(stamp)
         if not math.isfinite(stamp):
@@ -103,8 +106,10 @@ class ObsBuffer:
             return
         stamps.insert(i, stamp)
         values.insert(i, value)
-        if len(stamps) > self.capacity:
-            del stamps[0], values[0]
+        edge = stamps[-1] - self.window
+        old = max(bisect.bisect_right(stamps, edge) - 1, 0, len(stamps) - self.capacity)  # keep the last at/before edge
+        if old:
+            del stamps[:old], values[:old]
 
     def get(self, now: float) -> AlignedObs | None:
         """The aligned observation ending at t0 = min over streams of their newest stamp.
