@@ -142,6 +142,9 @@ class PolicyConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
     def __post_init__(self) -> None:
+        if min(self.horizon, self.n_obs_steps, self.n_action_steps) < 1:
+            raise ConfigError(f"horizon, n_obs_steps and n_action_steps must be >= 1; got {self.horizon}, "
+                              f"{self.n_obs_steps}, {self.n_action_steps}")
         if self.n_action_steps > self.horizon - self.n_obs_steps + 1:
             raise ConfigError(
                 f"n_action_steps ({self.n_action_steps}) must be <= horizon - n_obs_steps + 1 "
@@ -243,6 +246,11 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown config key '{dotted}'{hint}; valid keys here: {', '.join(names)}")
         kwargs[key] = _convert(hints[key], value, dotted)
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in kwargs]
+    if missing:
+        raise ConfigError(f"{prefix or '<root>'}: missing required key(s) {', '.join(missing)}")
     try:
         return cls(**kwargs)
     except ConfigError as exc:

@@ -50,6 +50,16 @@ def test_bad_type_and_choice_are_named() -> None:
 def test_inconsistent_horizons_rejected() -> None:
     with pytest.raises(ConfigError, match="n_action_steps"):
         from_dict(PolicyConfig, {"horizon": 8, "n_obs_steps": 2, "n_action_steps": 8})
+    for steps in ({"n_action_steps": 0}, {"n_action_steps": -3}, {"n_obs_steps": 0}):
+        with pytest.raises(ConfigError, match="must be >= 1"):
+            from_dict(PolicyConfig, steps)
+
+
+def test_missing_required_key_is_named(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("policy:\n  shape_meta:\n    obs:\n      agent_pos: {type: low_dim, source: state}\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: policy\.shape_meta\.obs\.agent_pos: missing required key\(s\) shape"):
+        load_config(p)
 
 
 def test_overrides(tmp_path: Path) -> None:
