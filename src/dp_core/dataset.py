@@ -11,7 +11,7 @@ from .config import DataConfig, PolicyConfig, ShapeMeta
 from .episode_store import DatasetError, EpisodeStore, committed_episode_ends
 
 __all__ = ["DatasetError", "EpisodeStore", "StepArrays", "WindowDataset", "build_datasets",
-           "committed_episode_ends", "split_episodes", "window_indices"]
+           "committed_episode_ends", "segments", "split_episodes", "window_indices"]
 
 
 def window_indices(episode_ends: np.ndarray, episodes: np.ndarray, horizon: int, pad_before: int, pad_after: int) -> np.ndarray:
@@ -33,6 +33,26 @@ def window_indices(episode_ends: np.ndarray, episodes: np.ndarray, horizon: int,
     if not out:
         return np.zeros((0, horizon), dtype=np.int64)
     return np.concatenate(out).astype(np.int64)
+
+
+def segments(episode_ends: np.ndarray, timestamps: np.ndarray | None, gap_factor: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+    """Episodes cut where their steps are not evenly spaced: ``(segment_ends, episode of each segment)``.
+
+    A recorder drops steps whose inputs were stale (a camera stall) and the episode goes on after the gap;
+    a window must not span it as if its frames were one period apart. A cut falls between two steps more
+    than ``gap_factor`` times the episode's median step apart. Without ``timestamps``, the episodes.
+    """
+    if timestamps is None:
+        return episode_ends, np.arange(len(episode_ends))
+    ends, owner, start = [], [], 0
+    for ep, end in enumerate(episode_ends):
+        steps = np.diff(timestamps[start:end])
+        cuts = start + 1 + np.flatnonzero(steps > gap_factor * np.median(steps)) if len(steps) else []
+        for cut in [*cuts, int(end)]:
+            ends.append(int(cut))
+            owner.append(ep)
+        start = int(end)
+    return np.array(ends, dtype=np.int64), np.array(owner, dtype=np.int64)
 
 
 def split_episodes(n_episodes: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -108,10 +128,11 @@ def build_datasets(data_cfg: DataConfig, policy_cfg: PolicyConfig) -> tuple[Wind
     arrays = StepArrays.load(store, policy_cfg.shape_meta)
     train_eps, val_eps = split_episodes(store.n_episodes, data_cfg)
     pad_before, pad_after = policy_cfg.n_obs_steps - 1, policy_cfg.n_action_steps - 1
-    ends = store.episode_ends
-    train = WindowDataset(arrays, window_indices(ends, train_eps, policy_cfg.horizon, pad_before, pad_after), policy_cfg.n_obs_steps)
-    val = None
-    if len(val_eps):
-        val = WindowDataset(arrays, window_indices(ends, val_eps, policy_cfg.horizon, pad_before, pad_after), policy_cfg.n_obs_steps)
-    return train, val, arrays
+    ends, owner = segments(store.episode_ends, store.read("timestamp") if "timestamp" in store.keys() else None)
+
+    def windows(episodes: np.ndarray) -> WindowDataset:
+        idx = window_indices(ends, np.flatnonzero(np.isin(owner, episodes)), policy_cfg.horizon, pad_before, pad_after)
+        return WindowDataset(arrays, idx, policy_cfg.n_obs_steps)
+
+    return windows(train_eps), windows(val_eps) if len(val_eps) else None, arrays
 

@@ -5,7 +5,7 @@ import pytest
 import zarr
 
 from conftest import PUSHT_ZARR, write_episodes
-from dp_core.config import ActionSpec, DataConfig, ObsSpec, PolicyConfig, ShapeMeta
+from dp_core.config import ActionSpec, DataConfig, ObsSpec, PolicyConfig, ShapeMeta, UnetConfig
 from dp_core.dataset import DatasetError, EpisodeStore, StepArrays, WindowDataset, build_datasets, split_episodes, window_indices
 
 
@@ -106,3 +106,18 @@ def test_reads_original_pusht_zarr_v2() -> None:
     assert len(train) + len(val) == 25650 - 206 * 7
     b = train.batch(np.arange(4))
     assert b["obs"]["keypoint"].shape == (4, 2, 18) and b["action"].shape == (4, 16, 2)
+
+
+def test_windows_do_not_span_a_recording_gap(tmp_path: Path) -> None:
+    # A recorder episode whose camera stalled: steps 0..9 at 0.1 s, then 0.6 s later steps 10..19.
+    t = np.concatenate([0.1 * np.arange(10), 1.5 + 0.1 * np.arange(10)]) + 1.7e9
+    pos = np.arange(20, dtype=np.float32)[:, None]
+    episodes = [{"pos": pos, "action": pos, "timestamp": t}, {"pos": pos[:5], "action": pos[:5], "timestamp": t[:5]}]
+    path = write_episodes(tmp_path / "d.zarr", episodes)
+    sm = ShapeMeta(obs={"pos": ObsSpec("low_dim", [1], source="pos")}, action=ActionSpec(1, source="action"))
+    cfg = PolicyConfig(shape_meta=sm, horizon=4, n_obs_steps=2, n_action_steps=2, unet=UnetConfig(down_dims=[8, 16]))
+    train, _, _ = build_datasets(DataConfig(path=str(path), val_ratio=0.0), cfg)
+    frames = train.indices
+    assert len(frames) == 2 * (10 - 1) + (5 - 1)  # L - horizon + pad_before + pad_after + 1 per segment
+    assert not np.any((frames.min(1) < 10) & (frames.max(1) >= 10))  # no window crosses the gap
+    assert (frames == 10).any() and (frames == 9).any()  # both sides still train

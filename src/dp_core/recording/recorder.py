@@ -6,7 +6,9 @@ commanded target (:meth:`EpisodeRecorder.command`) to the recorder; a timer at t
 step; the step's ``action`` is the commanded target as of the *next* tick, i.e. the target the robot
 was sent while that step played out — the same convention as the Push-T demonstrations and the
 executor (an action chunk's first action is due one ``dt`` after its observation). A step whose
-samples are older than ``max_age_s`` is dropped and counted, never filled with stale data.
+samples are older than ``max_age_s`` is dropped and counted, never filled with stale data; the episode
+goes on after such a gap, and training windows do not span it (:func:`dp_core.dataset.segments` cuts
+episodes where their ``timestamp`` steps are uneven).
 
 Keys written per step: each stream's key, ``action`` and ``timestamp`` (sample time, seconds).
 """
