@@ -270,3 +270,23 @@ def test_recorder_refuses_a_dataset_with_other_keys(tmp_path: Path) -> None:
     w.commit()
     with pytest.raises(RecorderError, match="holds keys"):
         make_recorder(tmp_path / "r.zarr")
+
+
+def test_videos_hold_exactly_the_recorded_steps(tmp_path: Path) -> None:
+    import imageio.v2 as imageio
+
+    rec = EpisodeRecorder(EpisodeWriter(tmp_path / "r.zarr"), [StreamSpec("img", "image"), StreamSpec("pos", "low_dim", dim=2)],
+                          action_dim=2, dt=0.1, max_age_s=0.25, video_dir=tmp_path / "v")
+    for k in range(11):
+        t = k * 0.1
+        rec.observe("img", np.full((32, 32, 3), 20 * k, np.uint8), t)
+        rec.observe("pos", [k, k], t)
+        if k < 3 or k > 6:  # the teleop command pauses: two steps lose their action and are dropped
+            rec.command([k, k], t)
+        if k == 0:
+            rec.start(t)
+        rec.tick(t)
+    summary = rec.stop(1.1)
+    stored = (EpisodeStore.open(tmp_path / "r.zarr").read("img")[:, 0, 0, 0] // 20).tolist()
+    in_video = [round(frame[..., 0].mean() / 20) for frame in imageio.mimread(summary.videos[0])]
+    assert summary.dropped_steps == 2 and in_video == stored == [0, 1, 2, 3, 6, 7, 8, 9, 10]

@@ -108,6 +108,7 @@ class EpisodeRecorder:
         self._latest: dict[str, tuple[np.ndarray, float]] = {}
         self._action: tuple[np.ndarray, float] | None = None
         self._pending: dict[str, np.ndarray] | None = None
+        self._pending_frames: dict[str, np.ndarray] = {}
         self._start = 0.0
         self._dropped = 0
         self._stale: dict[str, int] = {}
@@ -177,16 +178,16 @@ class EpisodeRecorder:
         if stale:
             self._drop(stale)
             return
-        step = {}
+        step, frames = {}, {}
         for key, spec in self.streams.items():
             value = self._latest[key][0]
             if spec.kind == "image":
                 if key in self._videos:
-                    self._videos[key].append_data(value)
+                    frames[key] = value  # full size, into the video once the step is written
                 value = resize_image(value, spec.image_size)
             step[key] = value
         step["timestamp"] = np.float64(now)
-        self._pending = step
+        self._pending, self._pending_frames = step, frames
 
     def stop(self, now: float) -> EpisodeSummary:
         """Finish and commit the episode; an episode without a single complete step is discarded."""
@@ -226,6 +227,8 @@ class EpisodeRecorder:
             return
         step["action"] = self._action[0]
         self.writer.append(step)
+        for key, frame in self._pending_frames.items():  # the videos hold exactly the dataset's steps
+            self._videos[key].append_data(frame)
 
     def _drop(self, stale: list[str]) -> None:
         self._dropped += 1
