@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +24,7 @@ def run_node(factory: Callable[[], N], args: list[str] | None = None, cleanup: C
     node = None
     try:
         node = factory()
+        check_parameters(node)
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException, SystemExit):
         pass
@@ -35,6 +37,18 @@ def run_node(factory: Callable[[], N], args: list[str] | None = None, cleanup: C
                 cleanup(node)
             node.destroy_node()
         rclpy.try_shutdown()
+
+
+def check_parameters(node: Node) -> None:
+    """Raise ``ValueError`` naming every parameter given to ``node`` (parameter file, ``-p``, launch) that it
+    does not declare: rclpy ignores those silently, so a misspelt safety limit would leave the default in force."""
+    given = node._parameter_overrides  # rclpy keeps them here; there is no public accessor
+    declared = set(node._parameters)
+    unknown = sorted(name for name in given if name not in declared and not name.startswith("qos_overrides."))
+    if unknown:
+        hints = [f"'{name}'" + (f" (did you mean '{close[0]}'?)" if (close := difflib.get_close_matches(name, declared, 1)) else "")
+                 for name in unknown]
+        raise ValueError(f"node '{node.get_name()}': unknown parameters {', '.join(hints)}; it declares {sorted(declared)}")
 
 
 def _shutdown_follows(wait_s: float = 1.0) -> bool:

@@ -56,3 +56,24 @@ def test_failure_without_shutdown_is_raised() -> None:
     with pytest.raises(RuntimeError, match="convert call argument"):
         run_node(factory, [], cleanup=lambda n: setattr(n, "cleaned", True))
     assert nodes[0].cleaned and not rclpy.ok()  # cleaned up and shut down all the same
+
+
+class _Declaring(Node):
+    def __init__(self) -> None:
+        super().__init__("declaring")
+        self.declare_parameter("max_obs_age_s", 0.25)
+        self.declare_parameter("warm_start", True)
+
+
+def test_unknown_parameters_stop_the_node_with_their_names(tmp_path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("declaring:\n  ros__parameters:\n    max_obs_age: 0.05\n    warm_start: false\n")
+    nodes: list[_Declaring] = []
+
+    def factory() -> _Declaring:
+        nodes.append(_Declaring())
+        return nodes[-1]
+
+    with pytest.raises(ValueError, match=r"unknown parameters 'max_obs_age' \(did you mean 'max_obs_age_s'\?\)"):
+        run_node(factory, ["--ros-args", "--params-file", str(params)])
+    assert nodes[0].get_parameter("warm_start").value is False  # declared ones were read; the node never spun

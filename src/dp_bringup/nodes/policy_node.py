@@ -11,6 +11,7 @@ import dataclasses
 import threading
 import time
 from collections import deque
+from typing import Any
 
 import numpy as np
 import rclpy
@@ -35,8 +36,8 @@ MSG_TYPES = {"Image": Image, "PoseStamped": PoseStamped, "PoseArray": PoseArray,
 
 
 class PolicyNode(Node):
-    def __init__(self) -> None:
-        super().__init__("policy")
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("policy", **kwargs)
         defaults = PolicyNodeParams()
         p = PolicyNodeParams(**{f.name: self.declare_parameter(f.name, getattr(defaults, f.name)).value
                                 for f in dataclasses.fields(PolicyNodeParams)})
@@ -67,7 +68,7 @@ class PolicyNode(Node):
         self.latency_pub = self.create_publisher(Float64, "/policy/inference_time", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.ages: deque[float] = deque(maxlen=100)
-        self.stats = {"chunks": 0, "refused": 0, "warm": 0, "last_refusal": "", "last_latency_s": 0.0}
+        self.stats = {"chunks": 0, "refused": 0, "warm": 0, "rejected_samples": 0, "last_refusal": "", "last_latency_s": 0.0}
         self.create_timer(1.0, self._publish_diagnostics)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
@@ -82,7 +83,11 @@ class PolicyNode(Node):
         spec = self.loop.specs[key]
 
         def callback(msg) -> None:
-            self.loop.add(key, *observation_from_msg(msg, type_name, spec))  # the decoding bag replay uses
+            try:
+                self.loop.add(key, *observation_from_msg(msg, type_name, spec))  # the decoding bag replay uses
+            except ValueError as exc:  # a malformed sample (wrong size, encoding, non-finite stamp): skip it
+                self.stats["rejected_samples"] += 1
+                self.get_logger().error(f"rejected a sample of '{key}': {exc}", throttle_duration_sec=2.0)
 
         return callback
 
