@@ -19,14 +19,22 @@ class DatasetError(ValueError):
 
 
 def committed_episode_ends(raw: np.ndarray) -> np.ndarray:
-    """The committed prefix of a raw ``meta/episode_ends``: positive and strictly increasing.
+    """The committed entries of a raw ``meta/episode_ends``: all but trailing fill values (0).
 
-    A commit interrupted between growing the array and writing its value leaves a trailing fill value
-    (0); that entry and anything after a non-increasing one are not committed.
+    A commit interrupted between growing the array and writing its value leaves one trailing 0; that
+    entry is not committed. Ends must not decrease (an end repeated is an empty episode, which other tools
+    may write); a decreasing one is damage, a :class:`DatasetError`, not a reason to drop the episodes after it.
     """
     raw = np.asarray(raw, dtype=np.int64).reshape(-1)
-    bad = np.flatnonzero(np.diff(np.concatenate([[0], raw])) <= 0)
-    return raw[: bad[0]] if len(bad) else raw
+    n = len(raw)
+    while n and raw[n - 1] == 0:
+        n -= 1
+    ends = raw[:n]
+    bad = np.flatnonzero(np.diff(np.concatenate([[0], ends])) < 0)
+    if len(bad):
+        raise DatasetError(f"meta/episode_ends decreases at entry {bad[0]} ({ends[max(bad[0] - 1, 0)]} -> {ends[bad[0]]}): "
+                           "the dataset is damaged")
+    return ends
 
 
 class EpisodeStore:

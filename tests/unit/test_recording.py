@@ -83,6 +83,9 @@ def test_writer_rejects_mismatched_steps(tmp_path: Path) -> None:
 def test_readers_ignore_an_interrupted_commit(tmp_path: Path) -> None:
     assert committed_episode_ends(np.array([5, 9, 0])).tolist() == [5, 9]  # grown, value not yet written
     assert committed_episode_ends(np.array([0])).tolist() == []
+    assert committed_episode_ends(np.array([10, 10, 20])).tolist() == [10, 10, 20]  # an empty episode is not damage
+    with pytest.raises(DatasetError, match=r"decreases at entry 1 \(10 -> 5\)"):
+        committed_episode_ends(np.array([10, 5, 20]))
     path = tmp_path / "d.zarr"
     w = EpisodeWriter(path, flush_steps=1)
     w.begin()
@@ -290,3 +293,16 @@ def test_videos_hold_exactly_the_recorded_steps(tmp_path: Path) -> None:
     stored = (EpisodeStore.open(tmp_path / "r.zarr").read("img")[:, 0, 0, 0] // 20).tolist()
     in_video = [round(frame[..., 0].mean() / 20) for frame in imageio.mimread(summary.videos[0])]
     assert summary.dropped_steps == 2 and in_video == stored == [0, 1, 2, 3, 6, 7, 8, 9, 10]
+
+
+def test_a_writer_keeps_a_dataset_with_an_empty_episode(tmp_path: Path) -> None:
+    path = tmp_path / "d.zarr"
+    store = EpisodeStore.open(path, mode="a")
+    for _ in range(2):
+        store.add_episode({"action": np.zeros((10, 1), np.float32)})
+    meta = zarr.open_group(str(path), mode="a")["meta/episode_ends"]
+    meta.resize((3,))
+    meta[:] = [10, 10, 20]  # as another tool may write: episode 1 empty
+    EpisodeWriter(path).close()  # opening repairs interrupted commits only
+    store = EpisodeStore.open(path)
+    assert store.episode_ends.tolist() == [10, 10, 20] and store.read("action").shape == (20, 1)
