@@ -89,7 +89,8 @@ class BagReader:
 
     def __enter__(self) -> "BagReader":
         try:
-            self._reader = AnyReader([self.path])
+            # Humble's sqlite3 bags hold no message definitions: those come from the typestore then.
+            self._reader = AnyReader([self.path], default_typestore=typestore_for())
             self._reader.open()
         except (AnyReaderError, ReaderError, TypesysError, OSError, KeyError, ValueError, struct.error) as exc:
             self._reader = None

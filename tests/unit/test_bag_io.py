@@ -43,6 +43,27 @@ def test_round_trip(tmp_path: Path, storage: str) -> None:
         assert images[3].encoding == "rgb8" and np.all(np.asarray(images[3].data) == 3)
 
 
+def test_humble_sqlite3_bag_without_message_definitions(tmp_path: Path) -> None:
+    # Humble's rosbag2 writes sqlite3 bags (schema 3, metadata v5) with no message definitions in them.
+    import sqlite3
+
+    import yaml
+
+    bag = write_cell_bag(tmp_path / "humble", seconds=1.0, storage="sqlite3")
+    with sqlite3.connect(next(bag.glob("*.db3"))) as con:
+        con.execute("DROP TABLE message_definitions")
+        con.execute("UPDATE schema SET schema_version=3, ros_distro='humble'")
+    meta = yaml.safe_load((bag / "metadata.yaml").read_text())
+    info = meta["rosbag2_bagfile_information"]
+    info["version"], info["ros_distro"] = 5, "humble"
+    for topic in info["topics_with_message_count"]:
+        topic["topic_metadata"].pop("type_description_hash", None)
+    (bag / "metadata.yaml").write_text(yaml.safe_dump(meta))
+    with BagReader(bag) as reader:
+        counts = {t: i.count for t, i in reader.topics.items()}
+        assert sum(1 for _ in reader.messages(counts)) == sum(counts.values()) > 0
+
+
 def test_writer_round_trip_and_no_overwrite(tmp_path: Path) -> None:
     with BagWriter(tmp_path / "w", "kilted") as writer:
         writer.add_topic("/p", "geometry_msgs/msg/PoseStamped")
