@@ -94,3 +94,29 @@ def test_node_parameter_file_errors(tmp_path) -> None:
     assert sim.inference_options().compile
     with pytest.raises(ConfigError, match="no 'executor: ros__parameters:' section"):
         load_node_params(REPO / "config" / "pusht_sim.yaml", node="executor")
+
+
+def test_player_skips_topics_without_messages(tmp_path, request) -> None:
+    import rclpy
+
+    from conftest import unique_domain_id
+    from dp_bringup.nodes.bag_player_node import BagPlayerNode
+    from dp_core.bag_io import BagWriter, typestore_for
+
+    ts = typestore_for("kilted")
+    msg = ts.types["std_msgs/msg/String"](data="x")
+    with BagWriter(tmp_path / "bag") as writer:  # a recording stopped before the policy's first chunk
+        writer.add_topic("/chatter", "std_msgs/msg/String")
+        writer.add_topic("/policy/action_chunk", "trajectory_msgs/msg/JointTrajectory")
+        for i in range(3):
+            writer.write("/chatter", 1_000_000_000 + i * 10_000_000, bytes(ts.serialize_cdr(msg, "std_msgs/msg/String")))
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=unique_domain_id(request))
+    try:
+        node = BagPlayerNode(context=context, parameter_overrides=[rclpy.Parameter("bag", value=str(tmp_path / "bag")),
+                                                                   rclpy.Parameter("start_delay_s", value=0.0)])
+        assert node.topics == ["/chatter"]
+        assert node.finished.wait(5.0) and node.published == 3
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)

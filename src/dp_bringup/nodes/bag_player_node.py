@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from typing import Any
 
 import rclpy
 from rclpy.node import Node
@@ -35,8 +36,8 @@ def publisher_qos(offered: list) -> QoSProfile:
 
 
 class BagPlayerNode(Node):
-    def __init__(self) -> None:
-        super().__init__("bag_player")
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("bag_player", **kwargs)
         bag = self.declare_parameter("bag", "").value
         topics = list(self.declare_parameter("topics", [""]).value)
         self.rate = self.declare_parameter("rate", 1.0).value
@@ -48,7 +49,12 @@ class BagPlayerNode(Node):
         if self.rate <= 0:
             raise ValueError(f"rate must be > 0; got {self.rate}")
         self.bag = BagReader(bag).__enter__()
-        self.topics = [t for t in topics if t] or sorted(self.bag.topics)
+        self.topics = [t for t in topics if t]
+        if not self.topics:  # all of the bag's topics that hold messages (a recorder lists idle ones too)
+            have = self.bag.topics
+            self.topics = sorted(t for t, info in have.items() if info.count)
+            if len(self.topics) < len(have):
+                self.get_logger().info(f"topics without messages, not played: {sorted(set(have) - set(self.topics))}")
         self.bag.require(self.topics)
         self.pubs = {}
         self.header = {}
