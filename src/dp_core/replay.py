@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from .inference import PolicyRunner
 from .msg_fields import observation_from_msg, position_from_msg, stamp_seconds
 from .policy import DiffusionPolicy
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class ReplayResult:
@@ -47,6 +50,7 @@ class ReplayResult:
     latencies: list[float] = field(default_factory=list)
     warm: list[bool] = field(default_factory=list)
     refusals: Counter = field(default_factory=Counter)  # kind -> ticks
+    rejected: Counter = field(default_factory=Counter)  # observation key -> malformed samples skipped, as the node does
     ref_stamps: np.ndarray = field(default_factory=lambda: np.zeros(0))
     ref_values: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
@@ -101,7 +105,11 @@ def replay_bag(bag_path: str | Path, policy: DiffusionPolicy, params: PolicyNode
             for key, type_name in by_topic.get(m.topic, ()):
                 try:
                     loop.add(key, *observation_from_msg(m.msg, type_name, loop.specs[key]))
-                except (ValueError, TypeError) as exc:
+                except ValueError as exc:  # a malformed sample: the policy node skips it too
+                    if not result.rejected:
+                        log.warning("%s: skipping malformed samples, first: %s -> '%s': %s", bag.path, m.topic, key, exc)
+                    result.rejected[key] += 1
+                except TypeError as exc:
                     raise BagError(f"{bag.path}: {m.topic} -> '{key}': {exc}") from None
         tick(next_tick)
     order = np.argsort(ref_t, kind="stable")
@@ -127,7 +135,8 @@ def summarize(result: ReplayResult, names: list[str], dt: float, max_gap_s: floa
     """Action error (overall, per dimension, per horizon step) and inference latency percentiles."""
     pred, ref, horizon = action_errors(result, dt, max_gap_s)
     report: dict = {"chunks": len(result.chunks), "warm_fraction": float(np.mean(result.warm)) if result.warm else 0.0,
-                    "refused_ticks": dict(result.refusals), "compared_actions": int(len(pred))}
+                    "refused_ticks": dict(result.refusals), "rejected_samples": dict(result.rejected),
+                    "compared_actions": int(len(pred))}
     if len(pred):
         err = pred - ref
         report["action_error"] = {

@@ -49,6 +49,28 @@ def test_replay_runs_the_node_loop_at_recorded_times(tmp_path: Path) -> None:
     assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
 
 
+def test_replay_skips_a_malformed_sample_as_the_node_does(tmp_path: Path) -> None:
+    from dp_core.bag_io import BagReader, BagWriter
+
+    ts = typestore_for("kilted")
+    good = write_cell_bag(tmp_path / "good", seconds=3.0)
+    bag = tmp_path / "one_bad"
+    with BagReader(good) as reader, BagWriter(bag, "kilted") as writer:
+        for topic, info in reader.topics.items():
+            writer.add_topic(topic, info.msgtype)
+        inserted = False
+        for m in reader.messages(list(reader.topics), raw=True):
+            writer.write(m.topic, m.log_time_ns, bytes(m.msg))
+            if m.topic == "/pusht/keypoints" and not inserted and m.log_time_ns > reader.start_ns + 1_500_000_000:
+                kept = ts.deserialize_cdr(bytes(m.msg), "geometry_msgs/msg/PoseArray")
+                lost = ts.types["geometry_msgs/msg/PoseArray"](header=kept.header, poses=[])  # the tracker lost the block
+                writer.write(m.topic, m.log_time_ns + 1000, bytes(ts.serialize_cdr(lost, "geometry_msgs/msg/PoseArray")))
+                inserted = True
+    result = replay_bag(bag, _policy(), load_node_params(PARAMS), progress=False)
+    assert result.rejected == {"keypoint": 1} and len(result.chunks) == 30
+    assert summarize(result, ["x", "y"], 0.1, 0.25)["rejected_samples"] == {"keypoint": 1}
+
+
 def test_action_errors_compare_each_action_at_its_due_time() -> None:
     ref_t = np.arange(0.0, 3.0, 0.1)
     ref = np.stack([10 * ref_t, -ref_t], 1)
