@@ -319,7 +319,8 @@ class _Salvager:
             topic, pos = _string(buf, 4)
             encoding, pos = _string(buf, pos)
             if cid not in self.channels and sid in self.schemas:
-                self.channels[cid] = self._connection(topic, encoding, self.schemas[sid], bytes(buf[pos:]))
+                (n,) = struct.unpack_from("<I", buf, pos)  # the metadata map: its byte length, then its entries
+                self.channels[cid] = self._connection(topic, encoding, self.schemas[sid], bytes(buf[pos + 4 : pos + 4 + n]))
         elif op == 0x05:  # message
             cid, _seq, log_time = struct.unpack_from("<HIQ", buf, 0)
             conn = self.channels.get(cid)

@@ -145,8 +145,13 @@ import os, signal
 from dp_core.bag_io import BagWriter
 with open({messages!r}, "rb") as f:
     blob = f.read()
+from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 writer = BagWriter({path!r}, "kilted", flush_period_s=1e9)  # flush only when told
-writer.add_topic("/p", "geometry_msgs/msg/PoseStamped")
+zero = QosTime(sec=0, nsec=0)
+best_effort = Qos(history=QosHistory.KEEP_LAST, depth=5, reliability=QosReliability.BEST_EFFORT,
+                  durability=QosDurability.VOLATILE, deadline=zero, lifespan=zero, liveliness=QosLiveliness.AUTOMATIC,
+                  liveliness_lease_duration=zero, avoid_ros_namespace_conventions=False)
+writer.add_topic("/p", "geometry_msgs/msg/PoseStamped", [best_effort])
 size = len(blob) // 300
 for i in range(300):
     writer.write("/p", 10**9 + i * 10**7, blob[i * size : (i + 1) * size])
@@ -174,6 +179,7 @@ def test_killed_recording_is_refused_then_recovered_up_to_the_last_flush(tmp_pat
     with BagReader(report.output) as out:
         assert [m.msg.pose.position.x for m in out.messages(["/p"])] == list(range(200))
         assert out.topics["/p"].msgtype == "geometry_msgs/msg/PoseStamped"
+        assert [q.reliability.name for q in out.offered_qos("/p")] == ["BEST_EFFORT"]  # the publisher's QoS survives
     with pytest.raises(BagError, match="exists already"):
         recover_bag(bag)
     # cut the file inside the second chunk (a crash during a write): the first chunk is kept
