@@ -72,6 +72,9 @@ def _check_bag_dir(path: Path) -> None:
         if any(name.endswith(".mcap") for name in storage):
             raise BagError(f"{path}: no metadata.yaml: the recording was not closed (recorder killed?); "
                            + _RECOVER_HINT.format(path=path))
+        if storage:
+            raise BagError(f"{path}: no metadata.yaml beside {storage}: the sqlite3 recording was not closed "
+                           f"(recorder killed?); `ros2 bag reindex {path}` rebuilds it")
         raise BagError(f"{path}: no metadata.yaml and no storage files: not a rosbag2 bag")
 
 

@@ -113,6 +113,10 @@ def test_bad_bags_give_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
     no_meta.mkdir()
     (no_meta / "x.txt").write_text("hello")
     cases[no_meta] = "no metadata.yaml and no storage files"
+    killed_sqlite = tmp_path / "killed_sqlite"
+    killed_sqlite.mkdir()
+    (killed_sqlite / "killed_sqlite_0.db3").write_bytes(b"SQLite format 3\x00")
+    cases[killed_sqlite] = r"sqlite3 recording was not closed .*ros2 bag reindex"
     for path, pattern in cases.items():
         with pytest.raises(BagError, match=pattern) as info:
             with BagReader(path) as bag:
