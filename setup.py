@@ -24,7 +24,7 @@ setup(
         share("models"),
     ],
     install_requires=["setuptools"],
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     zip_safe=True,
     maintainer="dp_bringup maintainers",
     maintainer_email="maintainers@dp-bringup.dev",

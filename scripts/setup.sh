@@ -60,6 +60,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   fi
   ver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
   [ "$MODE" = system ] || [ "$ver" = 3.11 ] || die "the PyPI ROS 2 wheels need Python 3.11, found $PY = $ver (set PYTHON=...)"
+  "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "Python $ver ($PY, the Python of ${ROS_SETUP%/setup.bash}) \
+is too old: the pinned numpy 2.4 and zarr 3 need Python 3.11 or newer. Use ROS 2 Jazzy or Kilted (Python 3.12), \
+or the Docker image (scripts/docker.sh)"
   log "creating $VENV with $PY ($ver)"
   if [ "$MODE" = system ]; then "$PY" -m venv --system-site-packages "$VENV"; else "$PY" -m venv "$VENV"; fi
 fi
