@@ -141,3 +141,10 @@ def test_sync_forgets_inputs() -> None:
     t.set_target([90.0, 90.0], now=0.0)
     t.sync([40.0, 40.0])  # e.g. the simulated cell was reset
     assert t.tick(0.01).command.tolist() == [40.0, 40.0]
+
+
+def test_a_robot_outside_the_workspace_is_brought_in_at_the_step_limit() -> None:
+    t = teleop(max_step=5.0)
+    t.sync([-12.0, 50.0])  # measured 12 outside the box's x = 0 face
+    commands = [t.tick(i * 0.01).command.tolist() for i in range(4)]
+    assert commands == [[-7.0, 50.0], [-2.0, 50.0], [0.0, 50.0], [0.0, 50.0]]  # not one 12-unit jump

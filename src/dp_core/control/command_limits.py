@@ -74,5 +74,6 @@ class CommandLimiter:
         return Limited(out, clamped, step_limited)
 
     def reset(self, last: Sequence[float] | np.ndarray | None = None) -> None:
-        """Forget the last command, or set it (e.g. to the measured pose) so the next step is limited from there."""
-        self._last = None if last is None else self.clamp(np.asarray(last, float).reshape(self.dim))
+        """Forget the last command, or set it (e.g. to the measured pose, even outside the workspace) so that the
+        next step is limited from there: a robot outside the box is brought into it at ``max_step`` per command."""
+        self._last = None if last is None else np.asarray(last, float).reshape(self.dim).copy()

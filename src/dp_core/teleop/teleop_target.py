@@ -49,12 +49,13 @@ class TeleopTarget:
         return None if self._command is None else self._command.copy()
 
     def sync(self, measured: Sequence[float] | np.ndarray) -> None:
-        """Restart from the measured position (clamped to the workspace); forgets pending inputs."""
+        """Restart from the measured position; forgets pending inputs. Outside the workspace, the commands move
+        into it from there at the step limit (the goal is the nearest point of the box)."""
         pos = np.asarray(measured, dtype=float).reshape(-1)[: self.dim]
         if pos.shape != (self.dim,) or not np.all(np.isfinite(pos)):
             raise ValueError(f"measured position must have {self.dim} finite values; got {list(measured)}")
         self.limiter.reset(pos)
-        self._command = self.limiter.last
+        self._command = self.limiter.clamp(pos)
         self._twist = self._target = None
         self._last_tick = None
 
