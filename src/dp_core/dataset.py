@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,6 +10,8 @@ import torch
 
 from .config import DataConfig, PolicyConfig, ShapeMeta
 from .episode_store import DatasetError, EpisodeStore, committed_episode_ends
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DatasetError", "EpisodeStore", "StepArrays", "WindowDataset", "build_datasets",
            "committed_episode_ends", "segments", "split_episodes", "window_indices"]
@@ -121,7 +124,8 @@ class WindowDataset(torch.utils.data.Dataset):
 
 
 def build_datasets(data_cfg: DataConfig, policy_cfg: PolicyConfig) -> tuple[WindowDataset, WindowDataset | None, StepArrays]:
-    """Load the dataset once and return (train, val or None, the training step arrays)."""
+    """Load the dataset once and return (train, val or None, the step arrays of all episodes). ``val`` is None
+    without validation episodes, or when they are all too short to give a window."""
     store = EpisodeStore.open(data_cfg.path)
     if store.n_episodes < 1:
         raise DatasetError(f"{store.path}: no episodes")
@@ -134,5 +138,10 @@ def build_datasets(data_cfg: DataConfig, policy_cfg: PolicyConfig) -> tuple[Wind
         idx = window_indices(ends, np.flatnonzero(np.isin(owner, episodes)), policy_cfg.horizon, pad_before, pad_after)
         return WindowDataset(arrays, idx, policy_cfg.n_obs_steps)
 
-    return windows(train_eps), windows(val_eps) if len(val_eps) else None, arrays
+    val = windows(val_eps) if len(val_eps) else None
+    if val is not None and len(val) == 0:
+        log.warning("%s: the validation episodes %s give no windows (shorter than the horizon); no validation",
+                    store.path, val_eps.tolist())
+        val = None
+    return windows(train_eps), val, arrays
 

@@ -76,8 +76,9 @@ class Trainer:
         if len(self.train_set) == 0:
             raise DatasetError(f"{cfg.data.path}: no training windows")
         self.policy = DiffusionPolicy(cfg.policy)
+        rows = np.unique(self.train_set.indices)  # the normaliser sees the training data only, not validation
         self.policy.normalizer.fit(
-            {k: arrays.obs[k] for k in cfg.policy.shape_meta.low_dim_keys}, arrays.action
+            {k: arrays.obs[k][rows] for k in cfg.policy.shape_meta.low_dim_keys}, arrays.action[rows]
         )
         self.policy.to(device)
         if device.type == "cuda" and cfg.train.allow_tf32:

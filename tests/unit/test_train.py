@@ -1,15 +1,17 @@
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, experiment, tiny_policy_config
+from conftest import REPO, experiment, tiny_policy_config, write_episodes
 from dp_core.checkpoint import load_policy, load_training_state
 from dp_core.config import ObsSpec
+from dp_core.dataset import build_datasets, split_episodes
 from dp_core.train import Trainer, train
 
 
@@ -200,3 +202,28 @@ def test_graph_warm_up_is_undone(image_dataset: Path, tmp_path: Path) -> None:
         t.optimizer.step()
     a, b = warmed.policy.state_dict(), fresh.policy.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
+
+
+def test_normaliser_sees_the_training_episodes_only(tmp_path: Path) -> None:
+    episodes = []
+    for i in range(20):  # episode i lives around x = 10 i
+        x = i * 10.0 + 0.01 * np.arange(41)
+        episodes.append({"pos": np.stack([x[:-1], np.zeros(40)], 1).astype(np.float32), "action": x[1:, None].astype(np.float32)})
+    cfg = experiment(write_episodes(tmp_path / "d.zarr", episodes), tiny_policy_config({"pos": ObsSpec("low_dim", [2])}, 1),
+                     tmp_path / "run", device="cpu")
+    cfg.data.max_train_episodes = 2
+    train_eps, _ = split_episodes(20, cfg.data)
+    norm = Trainer(cfg).policy.normalizer.action
+    span = norm.unnormalize(norm.scale.new_tensor([[-1.0], [1.0]]))[:, 0].tolist()
+    actions = np.concatenate([episodes[i]["action"] for i in train_eps])
+    assert span == pytest.approx([actions.min(), actions.max()], abs=1e-3)
+
+
+def test_validation_episodes_too_short_for_a_window_mean_no_validation(tmp_path: Path) -> None:
+    episodes = [{"pos": np.zeros((n, 2), np.float32), "action": np.zeros((n, 1), np.float32)} for n in [40] * 19 + [6]]
+    cfg = experiment(write_episodes(tmp_path / "d.zarr", episodes), tiny_policy_config({"pos": ObsSpec("low_dim", [2])}, 1),
+                     tmp_path / "run", device="cpu")
+    cfg.data.val_ratio = 0.05  # one validation episode: pick a split that draws the short one
+    cfg.data.split_seed = next(s for s in range(100) if split_episodes(20, replace(cfg.data, split_seed=s))[1].tolist() == [19])
+    train, val, _ = build_datasets(cfg.data, cfg.policy)
+    assert len(train) > 0 and val is None
