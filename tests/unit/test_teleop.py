@@ -7,7 +7,7 @@ import pytest
 
 from dp_core.control import ActionSchedule, CommandLimiter
 from dp_core.teleop import ButtonEdges, SpaceMouseMapping, TeleopTarget
-from dp_core.teleop.spacemouse import open_spacemouse
+from dp_core.teleop.spacemouse import open_spacemouse, read_latest
 
 
 def test_deadzone_and_scaling() -> None:
@@ -148,3 +148,26 @@ def test_a_robot_outside_the_workspace_is_brought_in_at_the_step_limit() -> None
     t.sync([-12.0, 50.0])  # measured 12 outside the box's x = 0 face
     commands = [t.tick(i * 0.01).command.tolist() for i in range(4)]
     assert commands == [[-7.0, 50.0], [-2.0, 50.0], [0.0, 50.0], [0.0, 50.0]]  # not one 12-unit jump
+
+
+class _QueuedDevice:
+    """pyspacemouse's read(): one queued HID report per call, the state's stamp t set when one is processed."""
+
+    def __init__(self, reports: list[float]) -> None:
+        self.queue, self.calls = list(reports), 0
+        self.state = type("State", (), {"x": 0.0, "t": 0.0})()
+
+    def read(self):
+        self.calls += 1
+        if self.queue:
+            self.state.x, self.state.t = self.queue.pop(0), self.state.t + 1.0
+        return self.state
+
+
+def test_read_latest_drains_the_queued_reports() -> None:
+    device = _QueuedDevice([0.8, 0.8, 0.8, 0.0])  # reports came faster than the node polls; the last: released
+    assert read_latest(device).x == 0.0 and device.queue == []
+    assert read_latest(device).x == 0.0 and device.calls == 5 + 2  # nothing new: two reads
+    flood = _QueuedDevice([0.5] * 100)
+    read_latest(flood, max_reports=64)
+    assert len(flood.queue) == 36  # one call is bounded

@@ -18,7 +18,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Joy
 
 from dp_bringup.node_runner import diagnostic_status, publish_diagnostics, run_node
-from dp_core.teleop import SpaceMouseMapping, open_spacemouse
+from dp_core.teleop import SpaceMouseMapping, open_spacemouse, read_latest
 
 DEFAULTS: dict[str, Any] = {
     "rate_hz": 100.0,
@@ -56,7 +56,7 @@ class SpaceMouseNode(Node):
         if self.device is None:
             return
         try:
-            state = self.device.read()
+            state = read_latest(self.device)
         except Exception as exc:  # unplugged: HID read errors
             self._errors += 1
             self.get_logger().error(f"SpaceMouse read failed ({exc}); reopening")

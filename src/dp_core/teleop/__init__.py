@@ -1,6 +1,6 @@
 """Teleoperation without ROS: SpaceMouse axes to a twist, and a twist or target stream to safe position commands."""
 
-from .spacemouse import ButtonEdges, SpaceMouseMapping, open_spacemouse
+from .spacemouse import ButtonEdges, SpaceMouseMapping, open_spacemouse, read_latest
 from .teleop_target import TeleopTarget
 
-__all__ = ["ButtonEdges", "SpaceMouseMapping", "TeleopTarget", "open_spacemouse"]
+__all__ = ["ButtonEdges", "SpaceMouseMapping", "TeleopTarget", "open_spacemouse", "read_latest"]

@@ -54,6 +54,20 @@ class ButtonEdges:
         return [i for i, (now, before) in enumerate(zip(current, previous)) if now and not before]
 
 
+def read_latest(device, max_reports: int = 64):
+    """The device's state after every HID report waiting in the queue (pyspacemouse's ``read`` takes one per
+    call): a device that reports faster than the caller polls would otherwise lag further and further
+    behind, and a released stick could keep moving the robot. ``max_reports`` bounds one call (the
+    kernel's hidraw queue holds 64)."""
+    state = device.read()
+    for _ in range(max_reports - 1):
+        stamp = state.t
+        state = device.read()
+        if state.t == stamp:  # no new report
+            break
+    return state
+
+
 def open_spacemouse(device: str = ""):
     """Open the first (or the named) connected SpaceMouse with pyspacemouse in the ROS axis convention.
 
