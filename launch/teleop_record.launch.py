@@ -38,7 +38,9 @@ def launch_setup(context, *_, **__):
     teleop_cfg = arg["teleop_config"] or os.path.join(share, "config", "teleop.yaml" if sim else "teleop_ur5.yaml")
     recorder_cfg = arg["recorder_config"] or os.path.join(share, "config", "recorder.yaml" if sim else "recorder_ur5.yaml")
     common = {"output": "screen", "emulate_tty": True, "arguments": ["--ros-args", "--log-level", arg["log_level"]]}
-    recorder_overrides = {"dataset": os.path.expanduser(arg["dataset"]), "video": truthy(arg["video"])}
+    recorder_overrides = {"dataset": os.path.expanduser(arg["dataset"])}
+    if arg["video"]:  # else the recorder config's setting
+        recorder_overrides["video"] = truthy(arg["video"])
     if mode == "scripted":  # the script resets the cell and resyncs teleop itself, in its own order
         recorder_overrides["after_episode_services"] = [""]
     nodes = [
@@ -59,6 +61,8 @@ def launch_setup(context, *_, **__):
     if mode == "scripted":
         demo_dataset = arg["demo_dataset"] or os.path.abspath(os.path.join("..", "shared", "data", "pusht",
                                                                            "pusht_cchi_v7_replay.zarr"))
+        if not os.path.exists(os.path.expanduser(demo_dataset)):
+            raise RuntimeError(f"input:=scripted re-enacts demonstrations from demo_dataset:=<zarr>; not found: {demo_dataset}")
         script = Node(package=PKG, executable="scripted_teleop", name="scripted_teleop", **common,
                       parameters=[{"demo_dataset": demo_dataset, "first_demo": int(arg["first_demo"]),
                                    "num_demos": int(arg["num_demos"])}])
@@ -78,8 +82,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("robot_ip", default_value="", description="UR controller IP address (sim:=false)"),
         DeclareLaunchArgument("camera_serials", default_value="",
                               description="RealSense serial numbers, e.g. \"['0123', '4567']\" (sim:=false)"),
-        DeclareLaunchArgument("video", default_value="false", choices=["true", "false"],
-                              description="also write an mp4 per camera and episode next to the dataset"),
+        DeclareLaunchArgument("video", default_value="", choices=["", "true", "false"],
+                              description="also write an mp4 per camera and episode next to the dataset "
+                                          "(default: the recorder config's video, false in sim, true on the UR5)"),
         DeclareLaunchArgument("teleop_config", default_value="",
                               description="spacemouse/teleop parameters; default config/teleop.yaml or teleop_ur5.yaml"),
         DeclareLaunchArgument("recorder_config", default_value="",
