@@ -120,3 +120,42 @@ def test_player_skips_topics_without_messages(tmp_path, request) -> None:
         node.destroy_node()
     finally:
         rclpy.try_shutdown(context=context)
+
+
+def test_recorder_hears_a_volatile_publisher_joining_a_latched_one(tmp_path, request) -> None:
+    import time
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from std_msgs.msg import String
+
+    from conftest import unique_domain_id
+    from dp_bringup.nodes.bag_recorder_node import BagRecorderNode
+    from dp_core.bag_io import BagReader
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=unique_domain_id(request))
+    try:
+        talker = rclpy.create_node("talker", context=context)
+        latched = talker.create_publisher(String, "/status", LATCHED)
+        latched.publish(String(data="latched"))
+        recorder = BagRecorderNode(context=context, parameter_overrides=[
+            rclpy.Parameter("output", value=str(tmp_path / "bag")), rclpy.Parameter("topics", value=["/status"]),
+            rclpy.Parameter("discovery_period_s", value=0.05)])
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(recorder)
+        executor.add_node(talker)
+        deadline = time.monotonic() + 5.0
+        while recorder._subs.get("/status") is None and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        assert recorder._subs["/status"].qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
+        volatile = talker.create_publisher(String, "/status", RELIABLE)  # joins later, does not latch
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            volatile.publish(String(data="volatile"))
+            executor.spin_once(timeout_sec=0.05)
+        recorder.writer.close()
+        with BagReader(tmp_path / "bag") as bag:
+            assert "volatile" in {m.msg.data for m in bag.messages(["/status"])}
+    finally:
+        rclpy.try_shutdown(context=context)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.node import Node
@@ -49,8 +50,8 @@ def subscription_qos(offered: list[QoSProfile]) -> QoSProfile:
 
 
 class BagRecorderNode(Node):
-    def __init__(self) -> None:
-        super().__init__("bag_recorder")
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("bag_recorder", **kwargs)
         output = self.declare_parameter("output", "").value
         self.topics = list(self.declare_parameter("topics", ["/robot/tcp_pose"]).value)
         flush_period = self.declare_parameter("flush_period_s", 1.0).value
@@ -80,8 +81,14 @@ class BagRecorderNode(Node):
             qos = subscription_qos(offered)
             sub = self._subs.get(topic)
             if sub is not None:
-                if sub.qos_profile.reliability == ReliabilityPolicy.RELIABLE and qos.reliability != ReliabilityPolicy.RELIABLE:
-                    self.get_logger().info(f"{topic}: a best-effort publisher appeared; subscribing best effort")
+                # A subscription stricter than a new publisher offers never hears it: relax it (best effort when
+                # a best-effort publisher appears, volatile when a volatile one joins latched ones).
+                relax = [what for what, now, want, strict in (
+                    ("best effort", sub.qos_profile.reliability, qos.reliability, ReliabilityPolicy.RELIABLE),
+                    ("volatile", sub.qos_profile.durability, qos.durability, DurabilityPolicy.TRANSIENT_LOCAL))
+                    if now == strict and want != strict]
+                if relax:
+                    self.get_logger().info(f"{topic}: a new publisher offers less; subscribing {' and '.join(relax)}")
                     self.destroy_subscription(sub)
                     self._subs[topic] = self.create_subscription(sub.msg_type, topic, self._make_callback(topic), qos, raw=True)
                 continue
