@@ -39,6 +39,7 @@ from .models import skinny_matmul
 from .models.unet1d_fast import FastUnet1D, SplitK, quantize_convs
 from .ort_step import OrtUnetStep
 from .sampling import SamplingPlan, noise_free_update, plan_supported
+from .weight_versions import module_tensors, weights_key
 
 if TYPE_CHECKING:
     from .policy import DiffusionPolicy
@@ -141,7 +142,7 @@ class FastSampler:
         self.unet.split_k = self._split_k()
         if not (self._half() and self.policy.device.type == "cuda"):
             return self.unet
-        versions = tuple((p.data_ptr(), p._version) for p in _tensors(self._unet_modules, buffers=False))
+        versions = weights_key(module_tensors(self._unet_modules, buffers=False))
         if self._bf16 is None or self._bf16[1] != versions:
             params = list(self.unet.unet.parameters())
             with torch.no_grad():
@@ -217,6 +218,10 @@ class FastSampler:
                                                                                precision=precision)
             return self._condition(plan, cond, x)
 
+    def current(self) -> bool:
+        """Whether this sampler still evaluates the policy's denoiser (False once it was replaced)."""
+        return self.unet is None or self.policy.denoiser is self.unet.unet
+
     @staticmethod
     def supported(policy: DiffusionPolicy) -> bool:
         return policy.cfg.kind == "diffusion" and plan_supported(policy.sampler)
@@ -274,7 +279,8 @@ class FastSampler:
             raise ValueError(f"precision 'int8' on the torch backend runs on CUDA, this policy is on {device}: "
                              "on a CPU use backend 'onnxruntime' or 'auto'")
         if self.options.channels_last and not self._channels_last_done and policy.cfg.shape_meta.rgb_keys:
-            policy.obs_encoder.to(memory_format=torch.channels_last)
+            with torch.inference_mode(False):  # weights made here must stay trainable (sample runs in inference mode)
+                policy.obs_encoder.to(memory_format=torch.channels_last)
             self._channels_last_done = True
         b = next(iter(obs.values())).shape[0]
         shape = (b, policy.cfg.horizon, policy.cfg.shape_meta.action.dim)
@@ -304,7 +310,7 @@ class FastSampler:
             return run(obs, x)
 
     def _replay(self, plan: SamplingPlan, run: Callable, obs: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        weights = tuple(t.data_ptr() for t in _tensors(self._modules))
+        weights = tuple(t.data_ptr() for t in module_tensors(self._modules))
         key = (id(plan), tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(obs.items())), tuple(x.shape), weights,
                self.options.precision)
         entry = self._graphs.get(key)
@@ -326,11 +332,3 @@ class FastSampler:
         entry.x.copy_(x)
         entry.graph.replay()
         return entry.out.clone()
-
-
-def _tensors(modules: list[torch.nn.Module], buffers: bool = True) -> list[torch.Tensor]:
-    """The parameters (and buffers) held directly by each of ``modules``, in order."""
-    out = [t for m in modules for t in m._parameters.values() if t is not None]
-    if buffers:
-        out += [t for m in modules for t in m._buffers.values() if t is not None]
-    return out

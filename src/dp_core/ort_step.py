@@ -41,6 +41,7 @@ from .models.skinny_matmul import quantize_rows
 from .models.unet1d import FiLMResBlock
 from .models.unet1d_fast import INT8_MIN_DEPTH, FastUnet1D
 from .sampling import SamplingPlan
+from .weight_versions import module_tensors, weights_key
 
 log = logging.getLogger(__name__)
 
@@ -288,13 +289,13 @@ class OrtUnetStep:
         self.unet = unet
         self.threads = threads
         self.int8 = int8
-        self._params = list(unet.unet.parameters())  # the same objects for the module's life (loads copy in place)
+        self._modules = list(unet.unet.modules())  # walked per chunk: sees replaced parameters too
         self._weights: tuple | None = None
         self._sessions: dict[tuple, object] = {}
         self._step_films: dict[tuple, torch.Tensor] = {}  # timesteps -> FastUnet1D.film_step_part, current weights
 
     def _weights_key(self) -> tuple:
-        return tuple((p.data_ptr(), p._version) for p in self._params)
+        return weights_key(module_tensors(self._modules, buffers=False))
 
     def _build(self, what: tuple):
         """A session for ``("step", T, A)`` or ``("loop", T, A, K, clip)``."""

@@ -67,6 +67,7 @@ class DiffusionPolicy(nn.Module):
 
     def configure_inference(self, options: InferenceOptions) -> None:
         """Choose the sampling path (fast or reference) and its options (``backend: auto`` is resolved here)."""
+        self._requested_options = options
         unet = self.cfg.denoiser == "unet" and self.cfg.kind == "diffusion"
         auto = options.backend == "auto"
         if auto:
@@ -142,6 +143,8 @@ class DiffusionPolicy(nn.Module):
         Returns:
             ``action_pred`` (B, Tp, A), the whole chunk; ``action`` (B, Ta, A), the part to execute.
         """
+        if self._fast is not None and not self._fast.current():  # the denoiser was replaced: sample the new one
+            self.configure_inference(self._requested_options)
         if self._fast is not None:
             x = self._fast.sample(obs, warm_start, generator, num_inference_steps)
         else:

@@ -234,7 +234,7 @@ def test_int8_convs_close_to_module_and_refreshed_in_place() -> None:
 def test_weight_walk_matches_parameters_and_sees_replacements() -> None:
     """The per-chunk walk over the weights (keys of captured graphs, freshness of the bf16 copy) visits what
     Module.parameters() and buffers() do, and sees a parameter replaced by a new one."""
-    from dp_core.fast_inference import _tensors
+    from dp_core.weight_versions import module_tensors as _tensors
 
     policy = DiffusionPolicy(tiny_policy_config(IMAGE, 2))
     fast = policy._fast
@@ -508,6 +508,44 @@ def test_onnxruntime_backend_follows_new_weights() -> None:
     fast.load_state_dict(other, strict=False)
     ref.load_state_dict(other, strict=False)
     _assert_paths_agree(fast, ref, obs, num_inference_steps=4)
+
+
+@pytest.mark.parametrize("change", ["fused optimiser step", "parameter replaced", "load_state_dict assign", "denoiser replaced"])
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_fast_path_follows_every_kind_of_weight_change(change: str, backend: str) -> None:
+    """Fused optimiser steps do not bump a tensor's version counter; replaced parameters and modules are new
+    objects: the ONNX Runtime graph (built from the weights) must be rebuilt, the torch path read the new ones."""
+    cfg = tiny_policy_config(LOW_DIM, 2, unet=UnetConfig(down_dims=[16, 32], step_embed_dim=16))
+    fast, ref = _policies(cfg)
+    fast.configure_inference(InferenceOptions(backend=backend))
+    obs = _obs(cfg, b=1)
+    fast.predict_action(obs, num_inference_steps=4)  # builds what the change must invalidate
+    if change == "fused optimiser step":
+        optimizer = torch.optim.AdamW(fast.denoiser.parameters(), lr=0.1, fused=True)
+        fast.denoiser(torch.randn(1, 16, 2), torch.tensor([3]), torch.randn(1, 2 * 3)).square().mean().backward()
+        optimizer.step()
+    elif change == "parameter replaced":
+        head = fast.denoiser.head[1]
+        head.weight = torch.nn.Parameter(torch.randn_like(head.weight))
+    elif change == "load_state_dict assign":
+        torch.manual_seed(7)
+        fast.denoiser.load_state_dict(DiffusionPolicy(cfg).denoiser.state_dict(), assign=True)
+    else:
+        torch.manual_seed(7)
+        fast.denoiser = DiffusionPolicy(cfg).denoiser.eval()
+    ref.load_state_dict(fast.state_dict())
+    _assert_paths_agree(fast, ref, obs, num_inference_steps=4)
+
+
+def test_sampling_leaves_an_image_policy_trainable() -> None:
+    """The channels-last conversion on the first chunk runs in inference mode; the weights must stay trainable."""
+    cfg = tiny_policy_config(IMAGE, 2, unet=UnetConfig(down_dims=[16, 32], step_embed_dim=16))
+    policy = DiffusionPolicy(cfg)
+    policy.predict_action(_obs(cfg), num_inference_steps=2)
+    batch = {"obs": {k: v for k, v in _obs(cfg).items()}, "action": torch.randn(2, cfg.horizon, 2)}
+    policy.train()
+    policy.compute_loss(batch).backward()
+    assert all(p.grad is not None for p in policy.obs_encoder.parameters() if p.requires_grad)
 
 
 def test_onnxruntime_step_equals_torch_step_at_extreme_activations() -> None:
