@@ -154,10 +154,12 @@ class DemoRecorderNode(Node):
         return f"recording episode {index}"
 
     def _stop(self) -> str:
+        ended = self.recorder.recording  # a stop while idle changes nothing: no after-episode services
         try:
             s = self.recorder.stop(self._now())
         finally:
-            self._after_episode()
+            if ended:
+                self._after_episode()
         stale = f", stale inputs {s.stale}" if s.stale else ""
         videos = f", videos {[str(v) for v in s.videos]}" if s.videos else ""
         return (f"saved episode {s.index}: {s.steps} steps in {s.duration_s:.1f} s, {s.dropped_steps} dropped{stale}"

@@ -67,7 +67,7 @@ class ScriptedTeleopNode(Node):
 
     def _check_finished(self) -> None:
         if self.finished.is_set():
-            raise SystemExit(0)
+            raise SystemExit(1 if self.failed else 0)  # the launch (and its caller) sees a failed recording
 
     def _call(self, name: str, retry_until_success: bool = False) -> str:
         client: Client = self.clients_[name]
@@ -95,7 +95,8 @@ class ScriptedTeleopNode(Node):
                 raise RuntimeError(f"no measured pose on {self.p['state_topic']}")
             period = 1.0 / self.p["rate_hz"]
             for n, (index, actions) in enumerate(self.demos):
-                if n:
+                if n:  # pause teleop first: until its resync it would command the old position after the reset
+                    self._call("resync")
                     self._call("reset")
                 self._call("resync")
                 time.sleep(0.3)  # teleop picks up the new measured pose
