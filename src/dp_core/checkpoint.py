@@ -68,9 +68,8 @@ def read_policy_file(path: str | Path) -> tuple[PolicyConfig, dict[str, torch.Te
     return cfg, tensors, extra
 
 
-def load_policy(path: str | Path, device: str | torch.device = "auto") -> DiffusionPolicy:
-    """Load a policy file for inference (eval mode) on ``device`` ("auto": CUDA if available)."""
-    cfg, tensors, _ = read_policy_file(path)
+def _build(path: str | Path, cfg: PolicyConfig, tensors: dict[str, torch.Tensor]) -> DiffusionPolicy:
+    """The policy of ``cfg`` with the file's weights (fp16 ones widened); CheckpointError when they do not fit."""
     policy = DiffusionPolicy(cfg)
     own = policy.state_dict()
     tensors = {k: v.to(own[k].dtype) if k in own else v for k, v in tensors.items()}
@@ -78,7 +77,13 @@ def load_policy(path: str | Path, device: str | torch.device = "auto") -> Diffus
         policy.load_state_dict(tensors)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match the config ({exc})") from exc
-    return policy.to(resolve_device(device)).eval()
+    return policy
+
+
+def load_policy(path: str | Path, device: str | torch.device = "auto") -> DiffusionPolicy:
+    """Load a policy file for inference (eval mode) on ``device`` ("auto": CUDA if available)."""
+    cfg, tensors, _ = read_policy_file(path)
+    return _build(path, cfg, tensors).to(resolve_device(device)).eval()
 
 
 def save_training_state(path: str | Path, state: dict) -> Path:
@@ -103,8 +108,7 @@ def load_training_state(path: str | Path) -> dict:
 def export_policy(src: str | Path, dst: str | Path, half: bool = True) -> Path:
     """Re-save a policy file, by default with fp16 weights (half the size; loads back as fp32)."""
     cfg, tensors, extra = read_policy_file(src)
-    policy = DiffusionPolicy(cfg)
-    policy.load_state_dict(tensors)
+    policy = _build(src, cfg, tensors)
     return save_policy(policy, dst, extra={**extra, "exported_from": Path(src).name, "fp16": half}, half=half)
 
 

@@ -62,6 +62,10 @@ def test_missing_corrupt_and_incompatible_files_name_the_file(tmp_path: Path) ->
     mismatched = save_policy(other, tmp_path / "mismatch.safetensors")
     with pytest.raises(CheckpointError, match="mismatch.safetensors.*do not match"):
         load_policy(mismatched)
+    from dp_core.checkpoint import main
+
+    assert main([str(mismatched), str(tmp_path / "out.safetensors")]) == 2  # dp-export: an error message, no traceback
+    assert not (tmp_path / "out.safetensors").exists()
 
 
 def test_export_keeps_normaliser_in_fp32(tmp_path: Path) -> None:
