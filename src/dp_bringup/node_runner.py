@@ -18,15 +18,19 @@ N = TypeVar("N", bound=Node)
 
 
 def run_node(factory: Callable[[], N], args: list[str] | None = None, cleanup: Callable[[N], None] | None = None) -> None:
-    """Build the node and spin it until Ctrl-C or shutdown; ``cleanup`` runs in every case."""
+    """Build the node and spin it until Ctrl-C or shutdown; ``cleanup`` runs in every case. A node ends itself
+    by raising ``SystemExit(code)``; a non-zero code becomes the process's exit status after the cleanup."""
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")  # dp_core's logs
     rclpy.init(args=args)
     node = None
+    exit_code = None
     try:
         node = factory()
         check_parameters(node)
         rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException, SystemExit):
+    except SystemExit as exc:
+        exit_code = exc.code
+    except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
         if not _shutdown_follows():  # a real failure; not rclpy tripping over a message while SIGINT tears it down
@@ -37,6 +41,8 @@ def run_node(factory: Callable[[], N], args: list[str] | None = None, cleanup: C
                 cleanup(node)
             node.destroy_node()
         rclpy.try_shutdown()
+    if exit_code:
+        raise SystemExit(exit_code)
 
 
 def check_parameters(node: Node) -> None:

@@ -77,3 +77,27 @@ def test_unknown_parameters_stop_the_node_with_their_names(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"unknown parameters 'max_obs_age' \(did you mean 'max_obs_age_s'\?\)"):
         run_node(factory, ["--ros-args", "--params-file", str(params)])
     assert nodes[0].get_parameter("warm_start").value is False  # declared ones were read; the node never spun
+
+
+class _Ending(Node):
+    def __init__(self, code: int) -> None:
+        super().__init__("ending")
+        self.cleaned = False
+        self.create_timer(0.01, lambda: (_ for _ in ()).throw(SystemExit(code)))
+
+
+@pytest.mark.parametrize("code", [0, 1])
+def test_a_node_ending_itself_gives_its_exit_status(code: int) -> None:
+    nodes: list[_Ending] = []
+
+    def factory() -> _Ending:
+        nodes.append(_Ending(code))
+        return nodes[-1]
+
+    if code:
+        with pytest.raises(SystemExit) as exc:
+            run_node(factory, [], cleanup=lambda n: setattr(n, "cleaned", True))
+        assert exc.value.code == code
+    else:
+        run_node(factory, [], cleanup=lambda n: setattr(n, "cleaned", True))
+    assert nodes[0].cleaned and not rclpy.ok()

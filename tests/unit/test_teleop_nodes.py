@@ -170,3 +170,37 @@ def test_spacemouse_node_without_a_device_exits_with_a_clear_message(monkeypatch
     assert exc.value.code == 1
     err = capsys.readouterr().err
     assert "no SpaceMouse found" in err and "Traceback" not in err
+
+
+def test_sim_cell_rejects_a_non_finite_target_and_runs_state_only(request) -> None:
+    import math
+    import time
+
+    import rclpy
+    from geometry_msgs.msg import PoseStamped
+    from rclpy.executors import SingleThreadedExecutor
+
+    from conftest import unique_domain_id
+    from dp_bringup.nodes.pusht_sim_node import PushTSimNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=unique_domain_id(request))
+    try:
+        sim = PushTSimNode(context=context, parameter_overrides=[rclpy.Parameter("render_size", value=0)])
+        probe = rclpy.create_node("probe", context=context)
+        pub = probe.create_publisher(PoseStamped, "/robot/servo_target", 10)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(sim)
+        executor.add_node(probe)
+        bad = PoseStamped()
+        bad.pose.position.x = math.nan
+        deadline = time.monotonic() + 5.0
+        while sim._rejected_targets == 0 and time.monotonic() < deadline:
+            pub.publish(bad)
+            executor.spin_once(timeout_sec=0.05)  # a callback's exception would propagate from here
+        assert sim._rejected_targets >= 1
+        for _ in range(20):  # and the state-only cell keeps publishing without camera images
+            executor.spin_once(timeout_sec=0.02)
+        sim.finish()
+    finally:
+        rclpy.try_shutdown(context=context)

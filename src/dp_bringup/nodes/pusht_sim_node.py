@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -30,8 +31,8 @@ from dp_core.sim.pusht_cell import CellEpisode, PushTCell
 
 
 class PushTSimNode(Node):
-    def __init__(self) -> None:
-        super().__init__("pusht_sim")
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("pusht_sim", **kwargs)
         p = {
             "seed": self.declare_parameter("seed", 100_000).value,
             "episode_s": self.declare_parameter("episode_s", 30.0).value,
@@ -65,7 +66,9 @@ class PushTSimNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_subscription(PoseStamped, p["command_topic"], self._on_target, 10)
         self.create_service(Trigger, "~/reset", self._on_reset)
-        self.create_timer(1.0 / (p["camera_rate_hz"] * len(self.cameras)), self._publish_camera)
+        if p["render_size"] > 0:  # 0: a state-only cell, no camera images
+            self.create_timer(1.0 / (p["camera_rate_hz"] * len(self.cameras)), self._publish_camera)
+        self._rejected_targets = 0
         self.create_timer(1.0 / p["state_rate_hz"], self._publish_state)
         self.create_timer(0.1, self._publish_coverage)
         self.create_timer(2.0, self._log_progress)
@@ -77,7 +80,11 @@ class PushTSimNode(Node):
         )
 
     def _on_target(self, msg: PoseStamped) -> None:
-        self.cell.set_target(np.array([msg.pose.position.x, msg.pose.position.y]))
+        try:
+            self.cell.set_target(np.array([msg.pose.position.x, msg.pose.position.y]))
+        except ValueError as exc:  # a non-finite target: keep the last one
+            self._rejected_targets += 1
+            self.get_logger().error(f"rejected servo target: {exc}", throttle_duration_sec=1.0)
 
     def _on_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         done = self.cell.reset()
@@ -161,7 +168,8 @@ class PushTSimNode(Node):
 
     def _publish_diagnostics(self) -> None:
         _, coverage, episode = self.cell.snapshot()
-        values = {"episode": episode, "coverage": f"{coverage:.4f}", "score_so_far": f"{self.cell.score():.4f}"}
+        values = {"episode": episode, "coverage": f"{coverage:.4f}", "score_so_far": f"{self.cell.score():.4f}",
+                  "rejected_targets": self._rejected_targets}
         publish_diagnostics(self, self.diag_pub, [diagnostic_status("pusht_sim", DiagnosticStatus.OK, "running", values)])
 
 
