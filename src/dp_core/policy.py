@@ -86,6 +86,15 @@ class DiffusionPolicy(nn.Module):
         self.inference_options = options
         self._fast = FastSampler(self, options, ort_fallback=auto) if options.fast and FastSampler.supported(self) else None
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the sampler out (it holds ONNX Runtime sessions and CUDA graphs of this
+        policy's tensors); the copy builds its own with the same options."""
+        return {**self.__dict__, "_fast": None}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.configure_inference(self._requested_options)
+
     @property
     def uses_fast_path(self) -> bool:
         return self._fast is not None

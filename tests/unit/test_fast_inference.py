@@ -656,3 +656,20 @@ def test_runner_warmup_leaves_no_state() -> None:
     assert runner.warmup() > 0
     again = runner.infer({k: v[0].numpy() for k, v in _obs(cfg, b=1).items()}, 0.0)
     assert not again.warm and np.array_equal(first.chunk, again.chunk)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_a_policy_copies_and_pickles_after_sampling(backend: str, tmp_path) -> None:
+    import copy
+
+    cfg = tiny_policy_config(LOW_DIM, 2, unet=UnetConfig(down_dims=[16, 32], step_embed_dim=16))
+    fast, ref = _policies(cfg)
+    fast.configure_inference(InferenceOptions(backend=backend))
+    obs = _obs(cfg, b=1)
+    fast.predict_action(obs, num_inference_steps=4)  # sessions / plans built
+    twin = copy.deepcopy(fast)
+    torch.save(fast, tmp_path / "policy.pt")
+    loaded = torch.load(tmp_path / "policy.pt", weights_only=False)
+    for other in (twin, loaded):
+        assert other.inference_options == fast.inference_options and other._fast is not fast._fast
+        _assert_paths_agree(other, ref, obs, num_inference_steps=4)
