@@ -26,7 +26,6 @@ def run_node(factory: Callable[[], N], args: list[str] | None = None, cleanup: C
     exit_code = None
     try:
         node = factory()
-        check_parameters(node)
         rclpy.spin(node)
     except SystemExit as exc:
         exit_code = exc.code
@@ -47,7 +46,8 @@ def run_node(factory: Callable[[], N], args: list[str] | None = None, cleanup: C
 
 def check_parameters(node: Node) -> None:
     """Raise ``ValueError`` naming every parameter given to ``node`` (parameter file, ``-p``, launch) that it
-    does not declare: rclpy ignores those silently, so a misspelt safety limit would leave the default in force."""
+    does not declare: rclpy ignores those silently, so a misspelt safety limit would leave the default in force.
+    Nodes call it right after their declarations, before they open a file, a connection or a model."""
     given = node._parameter_overrides  # rclpy keeps them here; there is no public accessor
     declared = set(node._parameters)
     unknown = sorted(name for name in given if name not in declared and not name.startswith("qos_overrides."))

@@ -54,3 +54,11 @@ def test_parameter_file_keys_are_declared(file: str, node: str, params: dict) ->
     assert node in MODULES, f"{file}: section '{node}' is no node of this package"
     unknown = sorted(set(params) - declared(MODULES[node]))
     assert not unknown, f"{file}: {node} does not declare {unknown}"
+
+
+@pytest.mark.parametrize("module", sorted(set(MODULES.values()) | {"bag_player_node"}))
+def test_every_node_checks_its_parameters(module: str) -> None:
+    """The check runs in the constructor (dp_bringup.node_runner.check_parameters): run_node does not do it."""
+    tree = ast.parse((NODES / f"{module}.py").read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "check_parameters"]
+    assert calls, f"{module} never calls check_parameters(self)"

@@ -10,7 +10,7 @@ from conftest import unique_domain_id
 rclpy = pytest.importorskip("rclpy")
 from rclpy.node import Node  # noqa: E402
 
-from dp_bringup.node_runner import run_node  # noqa: E402
+from dp_bringup.node_runner import check_parameters, run_node  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -63,6 +63,7 @@ class _Declaring(Node):
         super().__init__("declaring")
         self.declare_parameter("max_obs_age_s", 0.25)
         self.declare_parameter("warm_start", True)
+        check_parameters(self)
 
 
 def test_unknown_parameters_stop_the_node_with_their_names(tmp_path) -> None:
@@ -76,7 +77,7 @@ def test_unknown_parameters_stop_the_node_with_their_names(tmp_path) -> None:
 
     with pytest.raises(ValueError, match=r"unknown parameters 'max_obs_age' \(did you mean 'max_obs_age_s'\?\)"):
         run_node(factory, ["--ros-args", "--params-file", str(params)])
-    assert nodes[0].get_parameter("warm_start").value is False  # declared ones were read; the node never spun
+    assert not nodes  # the constructor stopped before it returned a node
 
 
 class _Ending(Node):
@@ -101,3 +102,30 @@ def test_a_node_ending_itself_gives_its_exit_status(code: int) -> None:
     else:
         run_node(factory, [], cleanup=lambda n: setattr(n, "cleaned", True))
     assert nodes[0].cleaned and not rclpy.ok()
+
+
+def test_nodes_check_their_parameters_before_any_effect(tmp_path) -> None:
+    """The bag recorder creates no bag and the UR driver opens no connection when a parameter is misspelt."""
+    from rclpy.parameter import Parameter
+
+    from dp_bringup.nodes.bag_recorder_node import BagRecorderNode
+    from dp_bringup.nodes.ur_driver_node import URDriverNode
+
+    rclpy.init()
+    try:
+        bag = tmp_path / "bag"
+        with pytest.raises(ValueError, match=r"'flush_period' \(did you mean 'flush_period_s'\?\)"):
+            BagRecorderNode(parameter_overrides=[Parameter("output", value=str(bag)), Parameter("flush_period", value=0.1)])
+        assert not bag.exists()
+        connections: list[str] = []
+
+        def connect(ip: str, frequency: float) -> None:
+            connections.append(ip)
+            raise ConnectionError("the test connects to no robot")
+
+        with pytest.raises(ValueError, match=r"'max_sped' \(did you mean 'max_speed'\?\)"):
+            URDriverNode(control_factory=connect, receive_factory=connect,
+                         parameter_overrides=[Parameter("robot_ip", value="10.0.0.9"), Parameter("max_sped", value=9.0)])
+        assert connections == []
+    finally:
+        rclpy.try_shutdown()

@@ -22,7 +22,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rosbags.interfaces import QosDurability, QosReliability
 from rosidl_runtime_py.utilities import get_message
 
-from dp_bringup.node_runner import run_node
+from dp_bringup.node_runner import check_parameters, run_node
 from dp_core.bag_io import BagError, BagReader, shift_header_stamp
 
 
@@ -44,6 +44,7 @@ class BagPlayerNode(Node):
         self.restamp = self.declare_parameter("restamp", True).value
         self.loop = self.declare_parameter("loop", False).value
         self.start_delay = self.declare_parameter("start_delay_s", 1.0).value
+        check_parameters(self)
         if not bag:
             raise ValueError("parameter 'bag' is required (a rosbag2 directory)")
         if self.rate <= 0:

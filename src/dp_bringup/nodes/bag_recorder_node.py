@@ -21,7 +21,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosidl_runtime_py.utilities import get_message
 
-from dp_bringup.node_runner import diagnostic_status, publish_diagnostics, run_node
+from dp_bringup.node_runner import check_parameters, diagnostic_status, publish_diagnostics, run_node
 from dp_core.bag_io import BagError, BagWriter
 
 
@@ -56,6 +56,7 @@ class BagRecorderNode(Node):
         self.topics = list(self.declare_parameter("topics", ["/robot/tcp_pose"]).value)
         flush_period = self.declare_parameter("flush_period_s", 1.0).value
         discovery_period = self.declare_parameter("discovery_period_s", 0.5).value
+        check_parameters(self)
         if not self.topics or not all(t.startswith("/") for t in self.topics):
             raise ValueError(f"parameter 'topics' must list absolute topic names; got {self.topics}")
         if not output:

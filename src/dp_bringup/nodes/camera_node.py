@@ -22,7 +22,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 
-from dp_bringup.node_runner import diagnostic_status, publish_diagnostics, run_node
+from dp_bringup.node_runner import check_parameters, diagnostic_status, publish_diagnostics, run_node
 from dp_bringup.ros_conversions import seconds_to_stamp
 from dp_bringup.ros_image import numpy_to_image
 from dp_core.drivers.realsense import CameraIntrinsics, CameraState, MultiRealsense
@@ -64,6 +64,7 @@ class CameraNode(Node):
         super().__init__("cameras", **kwargs)
         self.declare_parameter("serials", Parameter.Type.STRING_ARRAY)  # required, no default
         self.declare_parameters("", list(DEFAULTS.items()))
+        check_parameters(self)
         p = {name: self.get_parameter(name).value for name in DEFAULTS}
         try:
             serials = list(self.get_parameter("serials").value)

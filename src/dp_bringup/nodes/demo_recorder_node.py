@@ -24,7 +24,7 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState, Joy
 from std_srvs.srv import Trigger
 
-from dp_bringup.node_runner import diagnostic_status, publish_diagnostics, run_node
+from dp_bringup.node_runner import check_parameters, diagnostic_status, publish_diagnostics, run_node
 from dp_bringup.ros_conversions import POSITION_AXES, stamp_to_seconds
 from dp_core.msg_fields import image_to_numpy, low_dim_from_msg
 from dp_core.recording import EpisodeRecorder, EpisodeWriter, RecorderError, StreamSpec
@@ -57,6 +57,7 @@ class DemoRecorderNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("demo_recorder", **kwargs)
         self.declare_parameters("", list(DEFAULTS.items()))
+        check_parameters(self)
         p = {name: self.get_parameter(name).value for name in DEFAULTS}
         if not p["dataset"]:
             raise ValueError("parameter 'dataset' (output .zarr path) is required")

@@ -24,7 +24,7 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from trajectory_msgs.msg import JointTrajectory
 
-from dp_bringup.node_runner import diagnostic_status, publish_diagnostics, run_node
+from dp_bringup.node_runner import check_parameters, diagnostic_status, publish_diagnostics, run_node
 from dp_bringup.ros_conversions import POSITION_AXES, action_to_pose, chunk_from_msg, pose_stamped
 from dp_core.control import ActionSchedule
 
@@ -50,6 +50,7 @@ class ActionExecutorNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("action_executor", **kwargs)
         self.declare_parameters("", list(DEFAULTS.items()))
+        check_parameters(self)
         p = {name: self.get_parameter(name).value for name in DEFAULTS}
         dim = len(p["workspace_min"])
         if not 1 <= dim <= len(POSITION_AXES):

@@ -24,7 +24,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64
 from trajectory_msgs.msg import JointTrajectory
 
-from dp_bringup.node_runner import diagnostic_status, publish_diagnostics, run_node
+from dp_bringup.node_runner import check_parameters, diagnostic_status, publish_diagnostics, run_node
 from dp_bringup.ros_conversions import chunk_to_msg
 from dp_core.checkpoint import load_policy
 from dp_core.control.policy_loop import PolicyLoop
@@ -41,6 +41,7 @@ class PolicyNode(Node):
         defaults = PolicyNodeParams()
         p = PolicyNodeParams(**{f.name: self.declare_parameter(f.name, getattr(defaults, f.name)).value
                                 for f in dataclasses.fields(PolicyNodeParams)})
+        check_parameters(self)
         p.validate()
         if not p.checkpoint:
             raise ValueError("parameter 'checkpoint' is required (a .safetensors policy file)")

@@ -24,7 +24,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float64
 from std_srvs.srv import Trigger
 
-from dp_bringup.node_runner import diagnostic_status, publish_diagnostics, run_node
+from dp_bringup.node_runner import check_parameters, diagnostic_status, publish_diagnostics, run_node
 from dp_bringup.ros_image import numpy_to_image
 from dp_core.sim.pusht import PushTConfig, pusht_score
 from dp_core.sim.pusht_cell import CellEpisode, PushTCell
@@ -47,6 +47,7 @@ class PushTSimNode(Node):
             "report_path": self.declare_parameter("report_path", "").value,
             "auto_reset": self.declare_parameter("auto_reset", True).value,
         }
+        check_parameters(self)
         self.p = p
         self.finished = threading.Event()
         self.cell = PushTCell(PushTConfig(render_size=p["render_size"]), p["seed"], p["episode_s"], self._on_episode_end,

@@ -21,7 +21,7 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from std_srvs.srv import Trigger
 
-from dp_bringup.node_runner import run_node
+from dp_bringup.node_runner import check_parameters, run_node
 from dp_bringup.ros_conversions import pose_stamped
 from dp_core.sim.pusht_demos import demo_actions
 
@@ -44,6 +44,7 @@ class ScriptedTeleopNode(Node):
     def __init__(self) -> None:
         super().__init__("scripted_teleop")
         self.declare_parameters("", list(DEFAULTS.items()))
+        check_parameters(self)
         self.p = {name: self.get_parameter(name).value for name in DEFAULTS}
         if not self.p["demo_dataset"]:
             raise ValueError("parameter 'demo_dataset' (the Push-T demonstrations .zarr) is required")

@@ -17,7 +17,7 @@ from geometry_msgs.msg import Twist
 from rclpy.node import Node
 from sensor_msgs.msg import Joy
 
-from dp_bringup.node_runner import diagnostic_status, publish_diagnostics, run_node
+from dp_bringup.node_runner import check_parameters, diagnostic_status, publish_diagnostics, run_node
 from dp_core.teleop import SpaceMouseMapping, open_spacemouse, read_latest
 
 DEFAULTS: dict[str, Any] = {
@@ -36,6 +36,7 @@ class SpaceMouseNode(Node):
     def __init__(self) -> None:
         super().__init__("spacemouse")
         self.declare_parameters("", list(DEFAULTS.items()))
+        check_parameters(self)
         p = {name: self.get_parameter(name).value for name in DEFAULTS}
         if p["rate_hz"] < 1.0:
             raise ValueError(f"rate_hz must be >= 1; got {p['rate_hz']}")

@@ -24,7 +24,7 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from std_srvs.srv import Trigger
 
-from dp_bringup.node_runner import diagnostic_status, publish_diagnostics, run_node
+from dp_bringup.node_runner import check_parameters, diagnostic_status, publish_diagnostics, run_node
 from dp_bringup.ros_conversions import POSITION_AXES, action_to_pose, pose_stamped, stamp_to_seconds
 from dp_core.control import CommandLimiter
 from dp_core.teleop import TeleopTarget
@@ -53,6 +53,7 @@ class TeleopNode(Node):
         self.declare_parameters("", list(DEFAULTS.items()))
         p = {name: self.get_parameter(name).value for name in DEFAULTS}
         if p["input"] not in INPUTS:
+        check_parameters(self)
             raise ValueError(f"input must be one of {INPUTS}; got {p['input']!r}")
         if p["rate_hz"] <= 0 or p["max_speed"] <= 0:
             raise ValueError(f"rate_hz and max_speed must be > 0; got {p['rate_hz']}, {p['max_speed']}")

@@ -26,7 +26,7 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 
-from dp_bringup.node_runner import diagnostic_status, publish_diagnostics, run_node
+from dp_bringup.node_runner import check_parameters, diagnostic_status, publish_diagnostics, run_node
 from dp_bringup.ros_conversions import pose_stamped, seconds_to_stamp, stamp_to_seconds
 from dp_core.drivers.rotations import quat_to_rotvec, rotvec_to_quat
 from dp_core.drivers.ur_servo import (
@@ -83,6 +83,7 @@ class URDriverNode(Node):
     ) -> None:
         super().__init__("ur_driver", **kwargs)
         self.declare_parameters("", list(DEFAULTS.items()))
+        check_parameters(self)
         p = {name: self.get_parameter(name).value for name in DEFAULTS}
         if not p["robot_ip"]:
             raise ValueError("parameter robot_ip is required (the UR controller's address)")
