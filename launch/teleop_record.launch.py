@@ -59,9 +59,9 @@ def launch_setup(context, *_, **__):
     else:
         nodes += real_cell_nodes(share, arg["robot_ip"], arg["camera_serials"], common)
     if mode == "scripted":
-        demo_dataset = arg["demo_dataset"] or os.path.abspath(os.path.join("..", "shared", "data", "pusht",
-                                                                           "pusht_cchi_v7_replay.zarr"))
-        if not os.path.exists(os.path.expanduser(demo_dataset)):
+        demo_dataset = os.path.abspath(os.path.expanduser(
+            arg["demo_dataset"] or os.path.join("..", "shared", "data", "pusht", "pusht_cchi_v7_replay.zarr")))
+        if not os.path.exists(demo_dataset):
             raise RuntimeError(f"input:=scripted re-enacts demonstrations from demo_dataset:=<zarr>; not found: {demo_dataset}")
         script = Node(package=PKG, executable="scripted_teleop", name="scripted_teleop", **common,
                       parameters=[{"demo_dataset": demo_dataset, "first_demo": int(arg["first_demo"]),

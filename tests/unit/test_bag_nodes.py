@@ -159,3 +159,50 @@ def test_recorder_hears_a_volatile_publisher_joining_a_latched_one(tmp_path, req
             assert "volatile" in {m.msg.data for m in bag.messages(["/status"])}
     finally:
         rclpy.try_shutdown(context=context)
+
+
+def test_player_refuses_a_bag_without_messages(tmp_path, request) -> None:
+    import rclpy
+
+    from conftest import unique_domain_id
+    from dp_bringup.nodes.bag_player_node import BagPlayerNode
+    from dp_core.bag_io import BagError, BagWriter
+
+    with BagWriter(tmp_path / "bag") as writer:  # the recorder was stopped before anything was published
+        writer.add_topic("/robot/tcp_pose", "geometry_msgs/msg/PoseStamped")
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=unique_domain_id(request))
+    try:
+        with pytest.raises(BagError, match=r"no messages to play \(topics: \['/robot/tcp_pose'\]\)"):
+            BagPlayerNode(context=context, parameter_overrides=[rclpy.Parameter("bag", value=str(tmp_path / "bag"))])
+        with pytest.raises(BagError, match="have no messages"):
+            BagPlayerNode(context=context, parameter_overrides=[rclpy.Parameter("bag", value=str(tmp_path / "bag")),
+                                                                rclpy.Parameter("topics", value=["/robot/tcp_pose"])])
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
+def test_scripted_recording_passes_the_expanded_demo_path(tmp_path, monkeypatch) -> None:
+    """demo_dataset:=~/... is checked and handed to scripted_teleop as the same absolute path."""
+    from launch import LaunchContext
+    from launch.actions import DeclareLaunchArgument
+    from launch_ros.actions import Node
+    from launch_ros.utilities import evaluate_parameters
+
+    spec = importlib.util.spec_from_file_location("teleop_record_launch", REPO / "launch" / "teleop_record.launch.py")
+    launch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch)
+    monkeypatch.setattr(launch, "get_package_share_directory", lambda _: str(REPO))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "demos.zarr").mkdir()
+    context = LaunchContext()
+    for action in launch.generate_launch_description().entities:
+        if isinstance(action, DeclareLaunchArgument):
+            action.visit(context)  # sets the defaults
+    context.launch_configurations.update(dataset=str(tmp_path / "out.zarr"), input="scripted", demo_dataset="~/demos.zarr")
+    script = [n for n in launch.launch_setup(context) if isinstance(n, Node) and n.node_executable == "scripted_teleop"]
+    params = evaluate_parameters(context, script[0]._Node__parameters)[0]
+    assert params["demo_dataset"] == str(tmp_path / "demos.zarr")
+    context.launch_configurations["demo_dataset"] = "~/missing.zarr"
+    with pytest.raises(RuntimeError, match=f"not found: {tmp_path}/missing.zarr"):
+        launch.launch_setup(context)

@@ -50,13 +50,11 @@ class BagPlayerNode(Node):
         if self.rate <= 0:
             raise ValueError(f"rate must be > 0; got {self.rate}")
         self.bag = BagReader(bag).__enter__()
-        self.topics = [t for t in topics if t]
-        if not self.topics:  # all of the bag's topics that hold messages (a recorder lists idle ones too)
-            have = self.bag.topics
-            self.topics = sorted(t for t, info in have.items() if info.count)
-            if len(self.topics) < len(have):
-                self.get_logger().info(f"topics without messages, not played: {sorted(set(have) - set(self.topics))}")
-        self.bag.require(self.topics)
+        try:
+            self.topics = self._select_topics([t for t in topics if t])
+        except BagError:
+            self.bag.__exit__(None, None, None)
+            raise
         self.pubs = {}
         self.header = {}
         for topic in self.topics:
@@ -68,6 +66,7 @@ class BagPlayerNode(Node):
             self.pubs[topic] = self.create_publisher(msg_class, topic, publisher_qos(self.bag.offered_qos(topic)))
             self.header[topic] = self.bag.has_header(msgtype)
         self.published = 0
+        self.error: str | None = None
         self.finished = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._play, name="player", daemon=True)
@@ -77,6 +76,20 @@ class BagPlayerNode(Node):
         self.get_logger().info(f"playing {self.bag.path} ({duration:.1f} s) at rate {self.rate}: {self.topics}"
                                + (", restamped to now" if self.restamp else ""))
 
+    def _select_topics(self, requested: list[str]) -> list[str]:
+        """``requested``, or else all of the bag's topics that hold messages (a recorder lists idle ones too);
+        a bag with nothing to play is an error, not a run that succeeds at once."""
+        if requested:
+            self.bag.require(requested)  # each one present and holding messages
+            return requested
+        have = self.bag.topics
+        playable = sorted(t for t, info in have.items() if info.count)
+        if not playable:
+            raise BagError(f"{self.bag.path}: no messages to play (topics: {sorted(have) or 'none'})")
+        if len(playable) < len(have):
+            self.get_logger().info(f"topics without messages, not played: {sorted(set(have) - set(playable))}")
+        return playable
+
     def _play(self) -> None:
         try:
             self._stop.wait(self.start_delay)  # let subscribers discover the publishers
@@ -84,8 +97,9 @@ class BagPlayerNode(Node):
                 self._play_once()
                 if not self.loop:
                     break
-        except BagError as exc:
-            self.get_logger().error(str(exc))
+        except BagError as exc:  # a damaged bag: the messages up to here were played
+            self.error = str(exc)
+            self.get_logger().error(self.error)
         finally:
             self.finished.set()
 
@@ -108,7 +122,7 @@ class BagPlayerNode(Node):
     def _check_finished(self) -> None:
         if self.finished.is_set():
             self.get_logger().info(f"done: {self.published} messages published")
-            raise SystemExit(0)
+            raise SystemExit(1 if self.error else 0)
 
     def close(self) -> None:
         self._stop.set()
