@@ -23,7 +23,7 @@ from .sim.pusht import PushTConfig, PushTEnv, pusht_score
 def run_delayed_episode(
     env: PushTEnv, runner: PolicyRunner, seed: int, delay_s: float, compensate: bool, replan_steps: int
 ) -> tuple[float, int, int]:
-    """One episode; returns (max coverage, actions received, actions dropped as late)."""
+    """One episode; returns (max coverage, actions received, actions dropped: late, or not after one already sent)."""
     cfg = runner.policy.cfg
     sm, dt = cfg.shape_meta, runner.dt
     runner.reset()

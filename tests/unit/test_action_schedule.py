@@ -32,7 +32,7 @@ def test_late_actions_are_dropped(latency: float, dropped: int) -> None:
 def test_all_late_chunk_schedules_nothing_and_does_not_feed_the_watchdog() -> None:
     s = schedule()
     stats = s.add_chunk(10.0, ramp(), now=11.0)
-    assert (stats.dropped, stats.first_due, s.pending) == (8, None, 0)
+    assert (stats.dropped, stats.late, stats.first_due, s.pending) == (8, 8, None, 0)
     assert s.hold(11.0)
 
 
@@ -42,7 +42,7 @@ def test_newest_chunk_wins_from_its_first_valid_action() -> None:
     assert [a.due for a in s.pop_due(0.25)] == pytest.approx([0.1, 0.2])
     # Chunk B from the observation at 0.2 arrives at 0.32: its 0.3 action is late, 0.4 is first valid.
     stats = s.add_chunk(0.2, ramp(start=50.0), now=0.32)
-    assert (stats.dropped, stats.replaced) == (1, 5)  # A's 0.4 .. 0.8 replaced, A's 0.3 kept
+    assert (stats.dropped, stats.late, stats.replaced) == (1, 1, 5)  # A's 0.4 .. 0.8 replaced, A's 0.3 kept
     sent = s.pop_due(0.45)
     assert [a.due for a in sent] == pytest.approx([0.3, 0.4])
     assert [a.action[0] for a in sent] == [3.0, 51.0]
@@ -126,7 +126,8 @@ def test_sent_waypoints_stay_in_time_order_and_within_the_speed_limit() -> None:
     assert [a.due for a in s.pop_due(0.15, lead=0.1)] == pytest.approx([0.1, 0.2])  # sent ahead of due
     # A chunk from an observation off the old grid: its 0.19 is not late by the margin, but 0.2 went out.
     stats = s.add_chunk(0.09, np.stack([np.full(8, 30.0), np.zeros(8)], 1), now=0.16)
-    assert (stats.dropped, stats.first_due) == (1, pytest.approx(0.29))
+    assert (stats.dropped, stats.late, stats.first_due) == (1, 0, pytest.approx(0.29))  # dropped, not late
+    assert (s.stats.dropped, s.stats.late) == (1, 0)
     sent = s.pop_due(0.2, lead=0.1)
     assert [a.due for a in sent] == pytest.approx([0.29])
     # 0.09 s after the waypoint at 0.2 (x = 2): at most 0.9 * max_step, i.e. max_step per dt.

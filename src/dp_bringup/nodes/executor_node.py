@@ -103,10 +103,9 @@ class ActionExecutorNode(Node):
             self.get_logger().error(f"rejected action chunk: {exc}", throttle_duration_sec=1.0)
             return
         if stats.first_due is None:
-            self.get_logger().warning(
-                f"all {stats.received} actions of a chunk arrived late ({now - stamp:.3f} s after its stamp)",
-                throttle_duration_sec=1.0,
-            )
+            why = (f"arrived late ({now - stamp:.3f} s after its stamp)" if stats.late == stats.received else
+                   f"are late ({stats.late}) or not after an action already sent ({stats.dropped - stats.late})")
+            self.get_logger().warning(f"all {stats.received} actions of a chunk {why}", throttle_duration_sec=1.0)
 
     def _on_tick(self) -> None:
         now = self._now()
@@ -141,6 +140,7 @@ class ActionExecutorNode(Node):
             "chunks_rejected": self._rejected,
             "actions_received": s.received,
             "actions_dropped": s.dropped,
+            "actions_late": s.late,
             "fraction_dropped": f"{s.fraction_dropped:.3f}",
             "actions_replaced": s.replaced,
             "actions_expired": s.expired,

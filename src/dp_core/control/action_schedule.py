@@ -35,6 +35,7 @@ class ChunkStats:
 
     received: int
     dropped: int  # due at or before now + latency_margin, or at or before the last action sent
+    late: int  # of those, due at or before now + latency_margin
     replaced: int  # previously scheduled actions this chunk overrode
     clamped: int  # actions moved into the workspace
     first_due: float | None  # due time of the first kept action; None when all were dropped
@@ -46,7 +47,8 @@ class ScheduleStats:
 
     chunks: int = 0
     received: int = 0
-    dropped: int = 0  # late on arrival (or not after an action already sent)
+    dropped: int = 0  # late on arrival, or not after an action already sent
+    late: int = 0  # of those, late on arrival (due at or before now + latency_margin)
     replaced: int = 0  # overridden by a newer chunk (normal in receding-horizon control)
     expired: int = 0  # discarded unsent when the watchdog fired
     clamped: int = 0
@@ -136,6 +138,7 @@ class ActionSchedule:
             self._expire()
         n = arr.shape[0]
         due = stamp + self.dt * np.arange(1, n + 1)
+        late = int(np.count_nonzero(due <= now + self.latency_margin + _EPS))
         cutoff = now + self.latency_margin
         if self._last_sent_due is not None:
             cutoff = max(cutoff, self._last_sent_due)
@@ -143,8 +146,9 @@ class ActionSchedule:
         self.stats.chunks += 1
         self.stats.received += n
         self.stats.dropped += first
+        self.stats.late += late
         if first == n:
-            return ChunkStats(n, first, 0, 0, None)
+            return ChunkStats(n, first, late, 0, 0, None)
         kept = self.limiter.clamp(arr[first:])
         clamped = int(np.count_nonzero((kept != arr[first:]).any(axis=1)))
         cut = bisect.bisect_left(self._due, float(due[first]) - _EPS)
@@ -155,7 +159,7 @@ class ActionSchedule:
         self._last_chunk = float(now)
         self.stats.replaced += replaced
         self.stats.clamped += clamped
-        return ChunkStats(n, first, replaced, clamped, float(due[first]))
+        return ChunkStats(n, first, late, replaced, clamped, float(due[first]))
 
     def pop_due(self, now: float, lead: float = 0.0) -> list[ScheduledAction]:
         """Remove and return the actions due at or before ``now + lead``, in due order, step-limited (the
