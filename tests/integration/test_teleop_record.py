@@ -25,6 +25,7 @@ import zarr
 
 from conftest import PUSHT_ZARR, REPO
 from dp_core.episode_store import EpisodeStore
+from dp_core.sim.pusht import PushTConfig, PushTEnv
 from dp_core.sim.pusht_demos import demo_actions
 
 pytestmark = [pytest.mark.slow, pytest.mark.ros]
@@ -181,6 +182,12 @@ def test_scripted_teleop_records_trainable_demonstrations(tmp_path: Path) -> Non
     assert len(coverages) >= 2 and np.mean(coverages) > 0.5
     # Agent follows the recorded commands: the action leads the measured position by under a step's motion.
     action, agent = store.read("action"), store.read("agent_pos")
+    # Each episode starts where the cell's reset put the agent (seed i): teleop, paused over the reset, did not
+    # pull it back toward where the previous demonstration ended.
+    starts = agent[np.concatenate([[0], store.episode_ends[:-1]])]
+    reset_at = np.array([PushTEnv(PushTConfig(render_size=0)).reset(seed=i)["agent_pos"] for i in range(3)])
+    print(f"episode starts {starts.round(1).tolist()}, reset positions {reset_at.round(1).tolist()}")
+    assert np.abs(starts - reset_at).max() < 0.5  # measured 0.0 (1.6 px with a resync in place of the pause)
     assert np.median(np.linalg.norm(action - agent, axis=1)) < 40.0
 
     py_env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}

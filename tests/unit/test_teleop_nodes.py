@@ -61,11 +61,16 @@ def test_teleop_follows_targets_within_the_executor_limits(ros) -> None:
     assert max(c[0] for c in commands) == 512.0  # clamped to workspace_max
     probe.destroy_timer(timer)
 
-    measured = [50.0, 60.0]  # e.g. the cell was reset
-    assert call(ros, probe.create_client(Trigger, "/teleop/resync")).success
+    # Pause before the cell resets: no command while measured poses keep coming, until the resync.
+    assert call(ros, probe.create_client(Trigger, "/teleop/pause")).success
+    ros.spin_until(lambda: False, 0.1)  # a command in flight when it paused
     n = len(commands)
+    ros.spin_until(lambda: False, 0.4)  # ~40 poses stamped after the pause
+    assert len(commands) == n
+    measured = [50.0, 60.0]  # the cell was reset
+    assert call(ros, probe.create_client(Trigger, "/teleop/resync")).success
     ros.spin_until(lambda: len(commands) > n + 3, 5.0)
-    np.testing.assert_allclose(commands[-1], [50.0, 60.0])  # restarted there, not walking back from 512
+    np.testing.assert_allclose(commands[n], [50.0, 60.0])  # restarted there, not walking back from 512
 
 
 def test_recorder_node_records_through_services_and_buttons(ros, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ demonstrations; episode ``i`` starts from the cell's seed ``i``, so launch the c
 ``seed = first_demo`` and ``auto_reset`` false), this node: resyncs the teleop node to the measured
 pose, starts the recorder, publishes the demonstration's targets at ``rate_hz`` on ``target_topic``
 (the teleop node's ``topic`` input, so they pass the same limits and command path as a SpaceMouse),
-stops the recorder, and resets the cell to the next seed. Then it exits, which ends the launch.
+stops the recorder, pauses teleop and resets the cell to the next seed. Then it exits, which ends the launch.
 This is the hands-free stand-in for a person with a SpaceMouse, used by tests and demos.
 """
 
@@ -58,6 +58,7 @@ class ScriptedTeleopNode(Node):
             "start": self.create_client(Trigger, f"{self.p['recorder']}/start"),
             "stop": self.create_client(Trigger, f"{self.p['recorder']}/stop"),
             "resync": self.create_client(Trigger, f"{self.p['teleop']}/resync"),
+            "pause": self.create_client(Trigger, f"{self.p['teleop']}/pause"),
             "reset": self.create_client(Trigger, self.p["cell_reset"]),
         }
         self.finished = threading.Event()
@@ -96,8 +97,8 @@ class ScriptedTeleopNode(Node):
                 raise RuntimeError(f"no measured pose on {self.p['state_topic']}")
             period = 1.0 / self.p["rate_hz"]
             for n, (index, actions) in enumerate(self.demos):
-                if n:  # pause teleop first: until its resync it would command the old position after the reset
-                    self._call("resync")
+                if n:  # pause teleop first: it would command the old position after the reset
+                    self._call("pause")
                     self._call("reset")
                 self._call("resync")
                 time.sleep(0.3)  # teleop picks up the new measured pose

@@ -10,11 +10,13 @@ Inputs (``input``): ``spacemouse`` integrates ``geometry_msgs/Twist`` from ``twi
 ``topic`` moves toward ``geometry_msgs/PoseStamped`` targets on ``target_topic`` (scripts, a GUI, a
 keyboard publisher). Stale input holds the pose. The node starts from the first measured pose on
 ``state_topic`` and sends nothing before; ``~/resync`` (std_srvs/Trigger) restarts from the next
-measured pose, e.g. after the simulated cell was reset.
+measured pose, e.g. after the simulated cell was reset. ``~/pause`` stops the commands until the next
+``~/resync``: call it before the cell resets, so that nothing commands the old position after the reset.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -51,9 +53,9 @@ class TeleopNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("teleop", **kwargs)
         self.declare_parameters("", list(DEFAULTS.items()))
+        check_parameters(self)
         p = {name: self.get_parameter(name).value for name in DEFAULTS}
         if p["input"] not in INPUTS:
-        check_parameters(self)
             raise ValueError(f"input must be one of {INPUTS}; got {p['input']!r}")
         if p["rate_hz"] <= 0 or p["max_speed"] <= 0:
             raise ValueError(f"rate_hz and max_speed must be > 0; got {p['rate_hz']}, {p['max_speed']}")
@@ -67,7 +69,7 @@ class TeleopNode(Node):
         action_to_pose(np.zeros(dim), self._names, self._fixed_pose)  # fail now on a bad fixed_pose
         self._frame_id = p["frame_id"]
         self._lead = p["lead_time_s"]
-        self._resync_after: float | None = 0.0  # sync on the first measured pose stamped after this
+        self._resync_after: float | None = 0.0  # sync on the first measured pose stamped after this (inf: paused)
         self._counts = {"sent": 0, "clamped": 0, "speed_limited": 0, "bad_input": 0}
 
         self.command_pub = self.create_publisher(PoseStamped, p["command_topic"], 10)
@@ -80,6 +82,7 @@ class TeleopNode(Node):
             self.create_subscription(PoseStamped, p["target_topic"], self._on_target, 10)
             source = f"targets on {p['target_topic']}"
         self.create_service(Trigger, "~/resync", self._on_resync)
+        self.create_service(Trigger, "~/pause", self._on_pause)
         self.create_timer(1.0 / p["rate_hz"], self._on_tick)
         self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(f"teleop of {self._names} from {source} -> {p['command_topic']} at "
@@ -118,6 +121,11 @@ class TeleopNode(Node):
         response.success, response.message = True, "restarting from the next measured pose"
         return response
 
+    def _on_pause(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self._resync_after = math.inf
+        response.success, response.message = True, "paused until ~/resync"
+        return response
+
     def _on_tick(self) -> None:
         if self._resync_after is not None:
             return
@@ -134,7 +142,8 @@ class TeleopNode(Node):
     def _publish_diagnostics(self) -> None:
         synced = self._resync_after is None
         level = DiagnosticStatus.OK if synced else DiagnosticStatus.WARN
-        message = "teleoperating" if synced else "waiting for the measured pose"
+        message = ("teleoperating" if synced else "paused until ~/resync" if self._resync_after == math.inf
+                   else "waiting for the measured pose")
         status = diagnostic_status(f"{self.get_name()}: teleop", level, message, dict(self._counts))
         publish_diagnostics(self, self.diag_pub, [status])
 
