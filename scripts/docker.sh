@@ -12,7 +12,8 @@
 # Exit status 77: Docker (or a tool it needs) cannot run on this machine; the message says why.
 # Environment: DOCKER (client; default /usr/bin/docker, the Debian client matching its daemon),
 # DP_WHEELS (../shared/wheels), DP_PIP_CERT (CA bundle for pip in the build; default $PIP_CERT or
-# the system bundle), DP_DEBIAN_BASE (dp-debian-base:bookworm), DP_DEBIAN_MIRROR.
+# the system bundle), DP_DEBIAN_BASE (dp-debian-base:bookworm), DP_DEBIAN_MIRROR, DP_BUILD_MIN_FREE_GB (12:
+# free space build wants under Docker's data root; a quarter when the tag exists).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -76,6 +77,17 @@ base() {
   log "base image $DEBIAN_BASE: $("$DOCKER" image inspect -f '{{.Size}}' "$DEBIAN_BASE" | numfmt --to=iec)"
 }
 
+# A first build writes about 8 GB (torch with its CUDA libraries) plus build space; a full disk would fail it,
+# and whatever runs next on the machine, with errors that do not say why. Rebuilding an existing tag needs less.
+check_space() {
+  local need_gb=${DP_BUILD_MIN_FREE_GB:-12} root avail_gb
+  "$DOCKER" image inspect "$1" >/dev/null 2>&1 && need_gb=$((need_gb / 4))
+  root=$("$DOCKER" info -f '{{.DockerRootDir}}' 2>/dev/null) || return 0
+  avail_gb=$(( $(df -Pk "$root" | awk 'NR == 2 {print $4}') / 1024 / 1024 ))
+  [ "$avail_gb" -ge "$need_gb" ] \
+    || die "only ${avail_gb} GB free under $root; building $1 needs about ${need_gb} GB (set DP_BUILD_MIN_FREE_GB to change)"
+}
+
 build() {
   local base_image="" tag=dp_bringup:latest
   while [ $# -gt 0 ]; do
@@ -87,6 +99,7 @@ build() {
     esac
   done
   ensure
+  check_space "$tag"
   # The wheelhouse for the PyPI ROS 2 wheels lies outside the repository: stage it into the context.
   rm -rf "$REPO/.docker-wheels" && mkdir -p "$REPO/.docker-wheels"
   if [ -d "$WHEELS" ]; then cp "$WHEELS"/*.whl "$REPO/.docker-wheels/" 2>/dev/null || true; fi

@@ -215,3 +215,9 @@ def write_cell_bag(path: Path, seconds: float = 4.0, t0: float = 1000.0, gap: tu
 
 
 CELL_TOPICS = {"/robot/tcp_pose": 201, "/pusht/keypoints": 201, "/camera_0/color/image_raw": 81, "/robot/servo_target": 41}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The Docker tests run last: a first image build writes about 8 GB and leaves dockerd busy, which
+    must not change what the other tests see."""
+    items.sort(key=lambda item: item.path.name == "test_docker.py")  # stable: the order is kept otherwise
