@@ -37,6 +37,21 @@ def committed_episode_ends(raw: np.ndarray) -> np.ndarray:
     return ends
 
 
+def check_steps(stored: dict[str, tuple[tuple[int, ...], np.dtype]],
+                given: dict[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+    """Raise :class:`DatasetError` unless ``given`` steps (``{key: (step shape, dtype)}``) have exactly the
+    ``stored`` keys and step shapes, and dtypes that store without changing kind (no float images into uint8,
+    no float timestamps into ints)."""
+    missing, extra = sorted(set(stored) - set(given)), sorted(set(given) - set(stored))
+    if missing or extra:
+        raise DatasetError(f"keys differ from the dataset's {sorted(stored)}: missing {missing}, extra {extra}")
+    for key, (shape, dtype) in given.items():
+        if tuple(shape) != tuple(stored[key][0]):
+            raise DatasetError(f"data/{key}: step shape {tuple(shape)} != stored {tuple(stored[key][0])}")
+        if not np.can_cast(dtype, stored[key][1], casting="same_kind"):
+            raise DatasetError(f"data/{key}: dtype {dtype} cannot be stored as {stored[key][1]}")
+
+
 class EpisodeStore:
     """Read and append episodes in a zarr group with ``data/*`` and ``meta/episode_ends``.
 
@@ -98,15 +113,8 @@ class EpisodeStore:
         if not self.keys():
             return
         data = self.group["data"]
-        missing, extra = sorted(set(self.keys()) - set(episode)), sorted(set(episode) - set(self.keys()))
-        if missing or extra:
-            raise DatasetError(f"episode keys differ from the dataset's {self.keys()}: missing {missing}, extra {extra}")
-        for key, value in episode.items():
-            arr = data[key]
-            if arr.shape[1:] != value.shape[1:]:
-                raise DatasetError(f"data/{key}: step shape {value.shape[1:]} != stored {arr.shape[1:]}")
-            if not np.can_cast(value.dtype, arr.dtype, casting="same_kind"):
-                raise DatasetError(f"data/{key}: dtype {value.dtype} cannot be stored as {arr.dtype}")
+        check_steps({k: (data[k].shape[1:], data[k].dtype) for k in self.keys()},
+                    {k: (v.shape[1:], v.dtype) for k, v in episode.items()})
 
     def add_episode(self, episode: dict[str, np.ndarray], chunk_steps: int = 1000) -> None:
         """Append one episode (same length for every key); commits ``episode_ends`` last. The episode is checked

@@ -69,7 +69,7 @@ def test_writer_rejects_mismatched_steps(tmp_path: Path) -> None:
     w = EpisodeWriter(tmp_path / "d.zarr")
     w.begin()
     w.append(step(0, 0))
-    with pytest.raises(DatasetError, match="step keys"):
+    with pytest.raises(DatasetError, match=r"keys differ from the dataset.s \[.*\]: missing"):
         w.append({"obs": np.zeros(3, np.float32)})
     with pytest.raises(DatasetError, match="shape"):
         w.append({**step(0, 1), "obs": np.zeros(4, np.float32)})

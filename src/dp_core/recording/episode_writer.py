@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from ..episode_store import DatasetError, committed_episode_ends
+from ..episode_store import DatasetError, check_steps, committed_episode_ends
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +88,7 @@ class EpisodeWriter:
             raise DatasetError("no episode in progress: call begin() first")
         step = {k: np.asarray(v) for k, v in step.items()}
         schema = self._schema or {k: (v.shape, v.dtype) for k, v in step.items()}
-        if set(step) != set(schema):
-            raise DatasetError(f"step keys {sorted(step)} differ from the dataset's {sorted(schema)}")
-        for key, value in step.items():
-            shape, dtype = schema[key]
-            if value.shape != shape:
-                raise DatasetError(f"data/{key}: step shape {value.shape} != dataset's {shape}")
-            if not np.can_cast(value.dtype, dtype, casting="same_kind"):
-                raise DatasetError(f"data/{key}: step dtype {value.dtype} cannot be stored as {dtype}")
+        check_steps(schema, {k: (v.shape, v.dtype) for k, v in step.items()})
         if not self._schema:
             self._create_arrays(schema)
         self._buffer.append({k: v.astype(schema[k][1], copy=False) for k, v in step.items()})
