@@ -18,6 +18,7 @@ import contextlib
 import torch
 
 from .policy import DiffusionPolicy
+from .weight_versions import count_step
 
 
 class GraphCaptureError(RuntimeError):
@@ -122,4 +123,5 @@ class GraphedTrainStep:
         self.generator.manual_seed(seed)
         torch.manual_seed(global_seed)
         self.graph.replay()
+        count_step(self.optimizer)  # the replayed optimiser step ran no step hook: derived weight copies see it here
         return self.loss

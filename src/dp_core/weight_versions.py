@@ -5,7 +5,8 @@ refreshed when the weights change. A change is one of: a parameter replaced (a n
 storage), an in-place update that bumps the tensor's version counter (``load_state_dict``, ``copy_``, plain
 and foreach optimiser steps), or a step of an optimiser that holds the parameter: fused optimiser steps
 (``AdamW(fused=True)``, the training default here) update in place without bumping the version counter, so
-each optimiser step is counted per parameter by a global step hook.
+each optimiser step is counted per parameter by a global step hook. A replayed CUDA graph of a training
+step runs no Python step, and counts its steps with :func:`count_step`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 _steps: dict[int, int] = {}  # id(parameter) -> optimiser steps taken on it; entries leave with their parameter
 
 
-def _count_step(optimizer: torch.optim.Optimizer, *_) -> None:
+def count_step(optimizer: torch.optim.Optimizer, *_) -> None:
+    """Count one step of ``optimizer`` on each of its parameters (the global step hook)."""
     for group in optimizer.param_groups:
         for p in group["params"]:
             key = id(p)
@@ -28,7 +30,7 @@ def _count_step(optimizer: torch.optim.Optimizer, *_) -> None:
             _steps[key] += 1
 
 
-register_optimizer_step_post_hook(_count_step)
+register_optimizer_step_post_hook(count_step)
 
 
 def module_tensors(modules: list[torch.nn.Module], buffers: bool = True) -> list[torch.Tensor]:

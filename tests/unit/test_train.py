@@ -118,6 +118,8 @@ def test_cuda_graph_training_equals_eager(image_dataset: Path, tmp_path: Path, p
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """train.cuda_graph replays the eager step: same random draws, losses and weights (TF32 off), and a
     resume from its checkpoint continues like the eager run."""
+    from dp_core.weight_versions import module_tensors, weights_key
+
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     runs = {}
@@ -126,7 +128,13 @@ def test_cuda_graph_training_equals_eager(image_dataset: Path, tmp_path: Path, p
                          num_steps=8, checkpoint_every=4, val_every=4, allow_tf32=False, cuda_graph=graph)
         trainer = Trainer(cfg)
         assert (trainer.graph_step is not None) == graph
-        losses = [trainer.train_step() for _ in range(4)]
+        tensors = module_tensors(list(trainer.policy.modules()))
+        keys = [weights_key(tensors)]
+        losses = []
+        for _ in range(4):
+            losses.append(trainer.train_step())
+            keys.append(weights_key(tensors))
+        assert len(set(keys)) == 5  # each step, replayed too, is seen by the inference paths' weight copies
         trainer.checkpoint()
         losses += [trainer.train_step() for _ in range(4)]
         runs[graph] = (losses, trainer.policy.state_dict())
