@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import TypeVar
@@ -19,13 +21,18 @@ N = TypeVar("N", bound=Node)
 
 def run_node(factory: Callable[[], N], args: list[str] | None = None, cleanup: Callable[[N], None] | None = None) -> None:
     """Build the node and spin it until Ctrl-C or shutdown; ``cleanup`` runs in every case. A node ends itself
-    by raising ``SystemExit(code)``; a non-zero code becomes the process's exit status after the cleanup."""
+    by raising ``SystemExit(code)``; a non-zero code becomes the process's exit status after the cleanup.
+    A constructor that refuses its parameters (``ValueError``) ends the process with its message, status 1."""
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")  # dp_core's logs
     rclpy.init(args=args)
     node = None
     exit_code = None
     try:
-        node = factory()
+        try:
+            node = factory()
+        except ValueError as exc:  # bad parameters (ConfigError, DatasetError too): the message, not a traceback
+            print(f"{os.path.basename(sys.argv[0]) or 'node'}: error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
         rclpy.spin(node)
     except SystemExit as exc:
         exit_code = exc.code

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -66,7 +67,7 @@ class _Declaring(Node):
         check_parameters(self)
 
 
-def test_unknown_parameters_stop_the_node_with_their_names(tmp_path) -> None:
+def test_unknown_parameters_stop_the_node_with_their_names(tmp_path, capsys) -> None:
     params = tmp_path / "params.yaml"
     params.write_text("declaring:\n  ros__parameters:\n    max_obs_age: 0.05\n    warm_start: false\n")
     nodes: list[_Declaring] = []
@@ -75,9 +76,12 @@ def test_unknown_parameters_stop_the_node_with_their_names(tmp_path) -> None:
         nodes.append(_Declaring())
         return nodes[-1]
 
-    with pytest.raises(ValueError, match=r"unknown parameters 'max_obs_age' \(did you mean 'max_obs_age_s'\?\)"):
+    with pytest.raises(SystemExit) as exc:
         run_node(factory, ["--ros-args", "--params-file", str(params)])
-    assert not nodes  # the constructor stopped before it returned a node
+    assert exc.value.code == 1 and not nodes  # the constructor stopped before it returned a node
+    err = capsys.readouterr().err
+    assert re.search(r"error: node 'declaring': unknown parameters 'max_obs_age' \(did you mean 'max_obs_age_s'\?\)", err)
+    assert "Traceback" not in err
 
 
 class _Ending(Node):

@@ -8,6 +8,7 @@ executor was measured to slow CPU inference 40-fold through GIL contention.)
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 import time
 from collections import deque
@@ -26,7 +27,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from dp_bringup.node_runner import check_parameters, diagnostic_status, publish_diagnostics, run_node
 from dp_bringup.ros_conversions import chunk_to_msg
-from dp_core.checkpoint import load_policy
+from dp_core.checkpoint import CheckpointError, load_policy
 from dp_core.control.policy_loop import PolicyLoop
 from dp_core.control.policy_params import PolicyNodeParams, used_observations
 from dp_core.inference import PolicyRunner
@@ -151,7 +152,11 @@ class PolicyNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    run_node(PolicyNode, args, PolicyNode.stop)
+    try:
+        run_node(PolicyNode, args, PolicyNode.stop)
+    except CheckpointError as exc:  # missing or mismatched policy file: a message, not a traceback
+        print(f"policy_node: error: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
