@@ -73,6 +73,55 @@ def test_teleop_follows_targets_within_the_executor_limits(ros) -> None:
     np.testing.assert_allclose(commands[n], [50.0, 60.0])  # restarted there, not walking back from 512
 
 
+def _teleop_rig(ros, **params):
+    from geometry_msgs.msg import PoseStamped
+    from rclpy.parameter import Parameter
+    from rclpy.qos import qos_profile_sensor_data
+
+    from dp_bringup.nodes.teleop_node import TeleopNode
+
+    node = ros.add(TeleopNode(context=ros.context, parameter_overrides=[
+        Parameter("input", value="topic"), Parameter("max_speed", value=1000.0),
+        *(Parameter(k, value=v) for k, v in params.items())]))
+    probe = ros.probe("teleop_probe")
+    commands: list[np.ndarray] = []
+    probe.create_subscription(PoseStamped, "/robot/servo_target",
+                              lambda m: commands.append(np.array([m.pose.position.x, m.pose.position.y])), 10)
+    state = probe.create_publisher(PoseStamped, "/robot/tcp_pose", qos_profile_sensor_data)
+    target = probe.create_publisher(PoseStamped, "/teleop/target", 10)
+    probe.create_timer(0.02, lambda: target.publish(pose(probe, 400.0, 100.0)))  # the operator keeps pushing
+    return node, probe, commands, state
+
+
+def test_teleop_stops_without_a_measured_pose_and_restarts_from_it(ros) -> None:
+    """No measured pose for state_timeout_s (the driver lost the robot): commands stop, and restart from the
+    pose measured when it returns, not from where the input integrated meanwhile."""
+    node, probe, commands, state = _teleop_rig(ros, state_timeout_s=0.2)
+    arm = np.array([100.0, 100.0])
+    state_timer = probe.create_timer(0.01, lambda: state.publish(pose(probe, *arm)))
+    ros.spin_until(lambda: len(commands) > 5, 5.0)
+    assert commands[-1][0] > 100.0
+    probe.destroy_timer(state_timer)  # silence
+    ros.spin_until(lambda: False, 0.4)
+    n = len(commands)
+    ros.spin_until(lambda: False, 0.4)
+    assert len(commands) == n and node._counts["state_lost"] == 1  # stopped, though the input kept coming
+    arm[:] = [120.0, 100.0]  # back, where the arm stopped
+    probe.create_timer(0.01, lambda: state.publish(pose(probe, *arm)))
+    ros.spin_until(lambda: len(commands) > n + 3, 5.0)
+    np.testing.assert_allclose(commands[n], [120.0, 100.0])
+
+
+def test_teleop_resyncs_when_the_arm_falls_behind(ros) -> None:
+    """An arm that does not move (protective stop): with max_tracking_error the command never runs more than
+    that (plus one step) ahead of it, so clearing the stop does not send the arm to the integrated input."""
+    node, probe, commands, state = _teleop_rig(ros, max_tracking_error=80.0)
+    probe.create_timer(0.01, lambda: state.publish(pose(probe, 100.0, 100.0)))
+    ros.spin_until(lambda: len(commands) > 60, 5.0)
+    assert max(abs(c[0] - 100.0) for c in commands) <= 80.0 + 10.0
+    assert node._counts["tracking_lost"] >= 2
+
+
 def test_recorder_node_records_through_services_and_buttons(ros, tmp_path: Path) -> None:
     from geometry_msgs.msg import Pose, PoseArray, PoseStamped
     from rclpy.parameter import Parameter

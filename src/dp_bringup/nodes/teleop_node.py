@@ -12,6 +12,9 @@ keyboard publisher). Stale input holds the pose. The node starts from the first 
 ``state_topic`` and sends nothing before; ``~/resync`` (std_srvs/Trigger) restarts from the next
 measured pose, e.g. after the simulated cell was reset. ``~/pause`` stops the commands until the next
 ``~/resync``: call it before the cell resets, so that nothing commands the old position after the reset.
+The node resyncs by itself when the measured pose stops (``state_timeout_s``: the driver lost the robot)
+or, with ``max_tracking_error`` > 0, when the arm lags the command by more (a protective stop): the
+input integrated meanwhile is dropped, never replayed as a jump once the arm moves again.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ DEFAULTS: dict[str, Any] = {  # the simulated Push-T cell (pixels); config/teleo
     "rate_hz": 100.0,
     "lead_time_s": 0.02,  # stamp = when the pose must be reached
     "input_timeout_s": 0.2,
+    "state_timeout_s": 0.25,  # no measured pose for this long (driver disconnected): stop, resync when it returns
+    "max_tracking_error": 0.0,  # units; > 0: the command this far from the measured pose (arm stopped) -> resync
     "workspace_min": [0.0, 0.0],  # one value per driven axis (x, y[, z])
     "workspace_max": [512.0, 512.0],
     "max_speed": 1500.0,  # units/s; the step limit per tick is max_speed / rate_hz
@@ -70,7 +75,13 @@ class TeleopNode(Node):
         self._frame_id = p["frame_id"]
         self._lead = p["lead_time_s"]
         self._resync_after: float | None = 0.0  # sync on the first measured pose stamped after this (inf: paused)
-        self._counts = {"sent": 0, "clamped": 0, "speed_limited": 0, "bad_input": 0}
+        self._state_timeout, self._max_error = p["state_timeout_s"], p["max_tracking_error"]
+        if self._state_timeout <= 0 or self._max_error < 0:
+            raise ValueError(f"state_timeout_s must be > 0 and max_tracking_error >= 0; got "
+                             f"{self._state_timeout}, {self._max_error}")
+        self._measured: tuple[float, np.ndarray] | None = None  # (arrival time, position) of the last pose
+        self._counts = {"sent": 0, "clamped": 0, "speed_limited": 0, "bad_input": 0, "state_lost": 0,
+                        "tracking_lost": 0}
 
         self.command_pub = self.create_publisher(PoseStamped, p["command_topic"], 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -92,10 +103,11 @@ class TeleopNode(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_state(self, msg: PoseStamped) -> None:
+        p = msg.pose.position
+        self._measured = (self._now(), np.array([p.x, p.y, p.z][: self.target.dim]))
         if self._resync_after is None or stamp_to_seconds(msg.header.stamp) <= self._resync_after:
             return
-        p = msg.pose.position
-        self.target.sync([p.x, p.y, p.z][: self.target.dim])
+        self.target.sync(self._measured[1])
         self._resync_after = None
         self.get_logger().info(f"teleop starts from the measured pose {self.target.command.round(4).tolist()}")
 
@@ -130,6 +142,8 @@ class TeleopNode(Node):
         if self._resync_after is not None:
             return
         now = self._now()
+        if self._lost_the_arm(now):
+            return
         out = self.target.tick(now)
         if out is None:
             return
@@ -138,6 +152,22 @@ class TeleopNode(Node):
         self._counts["sent"] += 1
         self._counts["clamped"] += out.clamped
         self._counts["speed_limited"] += out.step_limited
+
+    def _lost_the_arm(self, now: float) -> bool:
+        """Stop and wait for a fresh measured pose when the last one is stale, or the arm has fallen behind the
+        command by more than ``max_tracking_error``."""
+        arrival, measured = self._measured
+        error = float(np.linalg.norm(self.target.command - measured))
+        if now - arrival > self._state_timeout:
+            reason, count = f"no measured pose for {now - arrival:.2f} s", "state_lost"
+        elif self._max_error > 0 and error > self._max_error:
+            reason, count = f"the arm is {error:.3f} from the command (max_tracking_error {self._max_error})", "tracking_lost"
+        else:
+            return False
+        self._counts[count] += 1
+        self._resync_after = now
+        self.get_logger().warning(f"{reason}: teleop stopped; it restarts from the next measured pose")
+        return True
 
     def _publish_diagnostics(self) -> None:
         synced = self._resync_after is None
