@@ -171,3 +171,23 @@ def test_read_latest_drains_the_queued_reports() -> None:
     flood = _QueuedDevice([0.5] * 100)
     read_latest(flood, max_reports=64)
     assert len(flood.queue) == 36  # one call is bounded
+
+
+def test_a_silent_device_counts_as_released() -> None:
+    """pyspacemouse keeps the last deflection when reports stop without an error (a dropped wireless link)."""
+    from types import SimpleNamespace
+
+    from dp_core.teleop import ReportWatch
+
+    watch = ReportWatch(timeout_s=0.2)
+    pushed = SimpleNamespace(x=1.0, y=0.0, z=0.0, roll=0.0, pitch=0.0, yaw=0.5, t=10.0)
+    for i in range(20):  # reports every 10 ms: the deflection holds
+        pushed.t = 10.0 + 0.01 * i
+        assert watch.axes(pushed, now=0.01 * i) == [1.0, 0.0, 0.0, 0.0, 0.0, 0.5]
+    assert watch.axes(pushed, now=0.19 + 0.2) == [1.0, 0.0, 0.0, 0.0, 0.0, 0.5]  # 0.2 s since the last report
+    assert watch.axes(pushed, now=0.19 + 0.21) == [0.0] * 6  # silent longer: at rest
+    assert watch.axes(pushed, now=5.0) == [0.0] * 6 and watch.lost == 1
+    pushed.t = 99.0  # reports again
+    assert watch.axes(pushed, now=5.01) == [1.0, 0.0, 0.0, 0.0, 0.0, 0.5]
+    rest = SimpleNamespace(x=0.0, y=0.0, z=0.0, roll=0.0, pitch=0.0, yaw=0.0, t=99.0)
+    assert watch.axes(rest, now=9.0) == [0.0] * 6 and watch.lost == 1  # a device at rest stops reporting: no loss

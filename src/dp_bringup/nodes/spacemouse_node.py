@@ -10,6 +10,7 @@ then times the twist out and holds) and tries to reopen it once a second.
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -18,12 +19,13 @@ from rclpy.node import Node
 from sensor_msgs.msg import Joy
 
 from dp_bringup.node_runner import check_parameters, diagnostic_status, publish_diagnostics, run_node
-from dp_core.teleop import SpaceMouseMapping, open_spacemouse, read_latest
+from dp_core.teleop import ReportWatch, SpaceMouseMapping, open_spacemouse, read_latest
 
 DEFAULTS: dict[str, Any] = {
     "rate_hz": 100.0,
     "device": "",  # pyspacemouse device name; "" = the first one connected
     "deadzone": 0.05,
+    "report_timeout_s": 0.2,  # no HID report this long: the axes count as at rest (a lost wireless link)
     "scale": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],  # x, y, z (units/s), roll, pitch, yaw (rad/s) at full deflection
     "axis_map": [0, 1, 2, 3, 4, 5],  # device axis feeding each twist component
     "twist_topic": "/spacemouse/twist",
@@ -43,6 +45,7 @@ class SpaceMouseNode(Node):
         self.mapping = SpaceMouseMapping(deadzone=p["deadzone"], scale=list(p["scale"]), axis_map=list(p["axis_map"]))
         self._device_name = p["device"]
         self._frame_id = p["frame_id"]
+        self.watch = ReportWatch(p["report_timeout_s"])
         self.device = open_spacemouse(self._device_name)  # raises RuntimeError with what to check
         self._errors = 0
         self.twist_pub = self.create_publisher(Twist, p["twist_topic"], 10)
@@ -63,7 +66,11 @@ class SpaceMouseNode(Node):
             self.get_logger().error(f"SpaceMouse read failed ({exc}); reopening")
             self._close()
             return
-        axes = [state.x, state.y, state.z, state.roll, state.pitch, state.yaw]
+        lost = self.watch.lost
+        axes = self.watch.axes(state, time.monotonic())
+        if self.watch.lost > lost:
+            self.get_logger().warning(f"no SpaceMouse report for {self.watch.timeout_s} s while deflected: "
+                                      "treated as released")
         v = self.mapping.twist(axes)
         twist = Twist()
         twist.linear.x, twist.linear.y, twist.linear.z = (float(a) for a in v[:3])
@@ -82,7 +89,8 @@ class SpaceMouseNode(Node):
                 self.get_logger().warning(str(exc), throttle_duration_sec=10.0)
         ok = self.device is not None
         status = diagnostic_status("spacemouse", DiagnosticStatus.OK if ok else DiagnosticStatus.ERROR,
-                                   "reading" if ok else "device lost, reopening", {"read_errors": self._errors})
+                                   "reading" if ok else "device lost, reopening",
+                                   {"read_errors": self._errors, "reports_lost": self.watch.lost})
         publish_diagnostics(self, self.diag_pub, [status])
 
     def _close(self) -> None:

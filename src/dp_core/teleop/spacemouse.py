@@ -68,6 +68,38 @@ def read_latest(device, max_reports: int = 64):
     return state
 
 
+class ReportWatch:
+    """Axes of the latest reading, or rest once the device has sent no report for ``timeout_s``.
+
+    A deflected SpaceMouse reports every 8-16 ms (it sends a few zero reports on release, then stops); a
+    wireless one whose radio link drops, or a lost release report, leaves pyspacemouse holding the last
+    deflection with no error, and it would go on driving the robot. Silence is judged by the reading's
+    ``t`` (the time of its last report) not changing, on the caller's clock.
+    """
+
+    def __init__(self, timeout_s: float = 0.2) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0; got {timeout_s}")
+        self.timeout_s = timeout_s
+        self.lost = 0  # times a deflection was dropped for want of reports
+        self._t: float | None = None
+        self._changed = 0.0
+        self._holding = False
+
+    def axes(self, state, now: float) -> list[float]:
+        """``[x, y, z, roll, pitch, yaw]`` of ``state``, zeros when its last report is older than ``timeout_s``."""
+        if state.t != self._t:
+            self._t, self._changed = state.t, now
+        axes = [float(getattr(state, name)) for name in AXES]
+        if now - self._changed <= self.timeout_s:
+            self._holding = False
+            return axes
+        if any(axes) and not self._holding:
+            self.lost += 1
+        self._holding = True
+        return [0.0] * len(AXES)
+
+
 def open_spacemouse(device: str = ""):
     """Open the first (or the named) connected SpaceMouse with pyspacemouse in the ROS axis convention.
 
