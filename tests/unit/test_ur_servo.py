@@ -198,13 +198,40 @@ def test_interpolates_between_waypoints() -> None:
 
 
 def test_workspace_clamp() -> None:
-    rig = Rig(workspace_min=(0.3, -0.2, 0.25), workspace_max=(0.5, 0.2, 0.6))
+    rig = Rig(workspace_min=(0.3, -0.2, 0.25), workspace_max=(0.5, 0.2, 0.6), watchdog_s=1.0)
     rig.run(0.05)
     rig.waypoint(offset(dx=0.3, dz=-0.2), 0.3)
     rig.run(0.5)
     last = rig.robot.servo_poses()[-1]
     np.testing.assert_allclose(last[:3], [0.5, 0.0, 0.25], atol=1e-9)
     assert all(np.all(p[:3] <= [0.5, 0.2, 0.6]) and np.all(p[:3] >= [0.3, -0.2, 0.25]) for p in rig.robot.servo_poses())
+
+
+def test_a_waypoint_outside_the_box_does_not_delay_the_next_one() -> None:
+    """Waypoints are clipped when they arrive: the trajectory waits at the wall, not 0.5 m beyond it, so a
+    waypoint back inside is followed at once (it had taken seconds to crawl back to the wall first)."""
+    rig = Rig(max_speed=0.25, watchdog_s=10.0, workspace_min=(0.3, -0.2, 0.1), workspace_max=(0.5, 0.2, 0.6))
+    rig.run(0.05)
+    rig.waypoint(offset(dx=0.6), 0.1)  # x = 1.0, beyond x <= 0.5
+    rig.run(3.0)
+    assert rig.robot.tcp[0] == pytest.approx(0.5)
+    rig.waypoint(offset(dx=-0.1), 0.9)  # x = 0.3: 0.2 m at 0.25 m/s takes 0.8 s
+    rig.run(1.0)
+    assert rig.robot.tcp[0] == pytest.approx(0.3)
+
+
+def test_a_late_tick_does_not_double_the_step() -> None:
+    """A tick 0.9 periods late followed by one on schedule: the second command moves by what the speed allows
+    in the 0.1 period between them, not by a whole period's worth."""
+    rig = Rig(max_speed=0.25, watchdog_s=10.0)
+    rig.run(0.05)
+    rig.waypoint(offset(dx=0.2), 0.01)  # far away and due at once: every step is speed-limited
+    period, t0 = rig.ctrl.period, rig.clock.t
+    for t in (t0, t0 + period, t0 + 2.9 * period, t0 + 3.0 * period, t0 + 4.0 * period):
+        rig.ctrl.tick(t)
+    x = [p[0] for p in rig.robot.servo_poses()[-5:]]
+    steps = np.diff([HOME[0], *x])
+    np.testing.assert_allclose(steps, 0.25 * period * np.array([1.0, 1.0, 1.0, 0.1, 1.0]), rtol=1e-6)
 
 
 class UnlimitedTrajectory(PoseTrajectoryInterpolator):

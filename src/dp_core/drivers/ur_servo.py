@@ -6,7 +6,8 @@ tests pass fakes) and a loop at ``frequency`` Hz whose body is :meth:`URServoCon
 1. reads the actual TCP pose and joints and hands them to ``on_state`` at ``state_rate`` Hz;
 2. while servoing, evaluates the waypoint trajectory one servo period ahead (the pose ``servoL`` should
    reach by the end of the period), clamps it to the workspace box and to ``max_speed`` /
-   ``max_rot_speed`` relative to the last command, and sends ``servoL``.
+   ``max_rot_speed`` over the time since the last command (at most a period), and sends ``servoL``.
+   Waypoints are clipped into the box when they arrive, so the trajectory never runs outside it.
 
 Waypoints come from :meth:`URServoController.schedule_waypoint` with a target time on the controller's
 clock (``time.monotonic`` unless injected). A ROS node converts a message stamp ``s`` received when ROS
@@ -158,6 +159,7 @@ class URServoController:
         self._actual: np.ndarray | None = None
         self._traj: PoseTrajectoryInterpolator | None = None
         self._last_cmd: np.ndarray | None = None
+        self._last_cmd_at: float | None = None  # controller time of the last servoL (None: none since idle)
         self._last_waypoint_at = -math.inf
         self._watchdog_tripped = False
         self._last_error = ""
@@ -210,10 +212,11 @@ class URServoController:
                 return False
             if self._state is ServoState.IDLE:
                 self._traj = PoseTrajectoryInterpolator([now], [self._actual])
-                self._last_cmd = self._actual.copy()
+                self._last_cmd, self._last_cmd_at = self._actual.copy(), None
                 self._state = ServoState.SERVOING
                 self._watchdog_tripped = False
             assert self._traj is not None
+            pose[:3] = np.clip(pose[:3], self._ws_min, self._ws_max)  # the trajectory itself stays in the box
             self._traj.schedule_waypoint(pose, target_time, now, self.config.max_speed)
             self._last_waypoint_at = now
         return True
@@ -282,8 +285,10 @@ class URServoController:
                 self._traj = None
             else:
                 assert self._traj is not None
-                command = self._clamp(self._traj(now + self.period))
-                self._last_cmd = command
+                # A late tick followed by an early one must not send two full steps within one period.
+                since = self.period if self._last_cmd_at is None else min(max(now - self._last_cmd_at, 0.0), self.period)
+                command = self._clamp(self._traj(now + self.period), since)
+                self._last_cmd, self._last_cmd_at = command, now
         if tripped:
             log.warning("no waypoint for %.2f s: servoStop, holding until the next one", self.config.watchdog_s)
             ctrl.servoStop()
@@ -292,17 +297,17 @@ class URServoController:
         if ctrl.servoL(command.tolist(), 0.0, 0.0, self.period, cfg.lookahead_time, cfg.gain) is False:
             raise RuntimeError("servoL was refused (control script not running?)")
 
-    def _clamp(self, target: np.ndarray) -> np.ndarray:
-        """Clip the position to the workspace, then limit the step from the last command."""
+    def _clamp(self, target: np.ndarray, dt: float) -> np.ndarray:
+        """Clip the position to the workspace, then limit the step from the last command (sent ``dt`` ago)."""
         assert self._last_cmd is not None
         last = self._last_cmd
         pos = np.clip(target[:3], self._ws_min, self._ws_max)
         step = pos - last[:3]
-        dist, max_dist = float(np.linalg.norm(step)), self.config.max_speed * self.period
+        dist, max_dist = float(np.linalg.norm(step)), self.config.max_speed * dt
         if dist > max_dist:
             pos = last[:3] + step * (max_dist / dist)
         q_last, q = rotvec_to_quat(last[3:]), rotvec_to_quat(target[3:])
-        angle, max_angle = quat_angle(q_last, q), self.config.max_rot_speed * self.period
+        angle, max_angle = quat_angle(q_last, q), self.config.max_rot_speed * dt
         if angle > max_angle:
             q = quat_slerp(q_last, q, max_angle / angle)
         return np.concatenate([pos, quat_to_rotvec(q)])
