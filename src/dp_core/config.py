@@ -124,6 +124,13 @@ class DiffusionConfig:
             raise ConfigError(f"warm_start_strength must be in (0, 1], got {self.warm_start_strength}")
         if self.num_inference_steps < 1 or self.warm_start_steps < 1:
             raise ConfigError("num_inference_steps and warm_start_steps must be >= 1")
+        if self.num_inference_steps > self.num_train_timesteps:
+            raise ConfigError(f"num_inference_steps ({self.num_inference_steps}) must be <= num_train_timesteps "
+                              f"({self.num_train_timesteps})")
+        warm_grid = max(self.warm_start_steps, round(self.warm_start_steps / self.warm_start_strength))
+        if warm_grid > self.num_train_timesteps:
+            raise ConfigError(f"warm_start_steps / warm_start_strength ({warm_grid} steps of the schedule) must be "
+                              f"<= num_train_timesteps ({self.num_train_timesteps})")
 
 
 @dataclass
@@ -164,6 +171,9 @@ class DataConfig:
     split_seed: int = 42
 
 
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+
+
 @dataclass
 class TrainConfig:
     output_dir: str = "runs/default"
@@ -182,11 +192,17 @@ class TrainConfig:
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     allow_tf32: bool = True  # CUDA: TF32 matrix products and cuDNN autotuning for fp32 work
     cuda_graph: bool = True  # CUDA, one process, UNet policies (ignored elsewhere): each step a replayed CUDA graph
-    num_workers: int = 0
     log_every: int = 50
     val_every: int = 1000
     checkpoint_every: int = 2000
     keep_checkpoints: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "num_steps", "log_every", "val_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1; got {getattr(self, name)}")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ConfigError(f"train.lr_scheduler: {self.lr_scheduler!r} is not one of {list(LR_SCHEDULERS)}")
 
 
 @dataclass
@@ -208,6 +224,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _convert(inner[0], value, key)
     if origin is Literal:
+        if value is False and "no" in args:  # YAML 1.1 reads a bare no as false
+            value = "no"
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
         return value

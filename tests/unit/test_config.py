@@ -69,3 +69,17 @@ def test_overrides(tmp_path: Path) -> None:
     assert cfg.train.batch_size == 32 and cfg.policy.unet.down_dims == [8, 16] and cfg.name == "x"
     with pytest.raises(ConfigError, match="train.nope"):
         load_config(p, ["train.nope=1"])
+
+
+def test_values_that_would_fail_mid_training_are_refused_up_front(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  mixed_precision: no\n")  # YAML 1.1 reads a bare no as false
+    assert load_config(cfg).train.mixed_precision == "no"
+    for override, message in [
+        ("train.val_every=0", r"train.val_every must be >= 1; got 0"),
+        ("train.lr_scheduler=cosin", r"train.lr_scheduler: 'cosin' is not one of \['constant'"),
+        ("policy.diffusion.num_inference_steps=200", r"num_inference_steps \(200\) must be <= num_train_timesteps \(100\)"),
+        ("policy.diffusion.warm_start_strength=0.05", r"warm_start_steps / warm_start_strength \(160 steps"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(cfg, [override])
