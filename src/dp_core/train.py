@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from .checkpoint import load_training_state, resolve_device, save_policy, save_training_state
+from .checkpoint import CheckpointError, load_training_state, resolve_device, save_policy, save_training_state
 from .config import ConfigError, ExperimentConfig, load_config, to_dict
 from .dataset import DatasetError, WindowDataset, build_datasets
 from .fast_inference import InferenceOptions
@@ -115,7 +115,12 @@ class Trainer:
         }
 
     def load(self, path: str | Path) -> None:
+        """Continue from training checkpoint ``path``; its config must match this one (:func:`resume_changes`)."""
         state = load_training_state(path)
+        changes = resume_changes(state.get("config", {}), to_dict(self.cfg))
+        if changes:
+            raise ConfigError(f"{path}: a resumed run continues exactly only with the checkpoint's config; give "
+                              f"these the checkpoint's values: {'; '.join(changes)}")
         self.policy.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.ema.to(self.device)  # the training state is read onto the CPU
@@ -239,6 +244,24 @@ class Trainer:
             dist.destroy_process_group()
 
 
+# Keys a resumed run may change: where and how often it writes, where it runs and finds the data.
+RESUMABLE = {"name", "data.path", "train.output_dir", "train.device", "train.cuda_graph", "train.log_every",
+             "train.val_every", "train.checkpoint_every", "train.keep_checkpoints"}
+
+
+def resume_changes(saved: dict, current: dict) -> list[str]:
+    """``"key: checkpoint -> now"`` for each setting that differs from the checkpoint's and changes the run
+    (the schedule, the model, the data split, ...). Keys this version no longer has are ignored."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    old, new = flat(saved), flat(current)
+    return [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if k not in RESUMABLE and old.get(k) != v]
+
+
 def latest_training_state(output_dir: str | Path) -> Path | None:
     found = sorted(Path(output_dir, "checkpoints").glob("train_*.pt"))
     return found[-1] if found else None
@@ -246,10 +269,13 @@ def latest_training_state(output_dir: str | Path) -> Path | None:
 
 def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> Path:
     """Train ``cfg``; ``resume`` is a training checkpoint or ``"auto"`` (latest in output_dir)."""
+    if resume == "auto":
+        resume = latest_training_state(cfg.train.output_dir)
+        if resume is None:
+            print(f"dp-train: no training checkpoint in {Path(cfg.train.output_dir, 'checkpoints')}: starting at step 0",
+                  file=sys.stderr)
     trainer = Trainer(cfg)
     try:
-        if resume == "auto":
-            resume = latest_training_state(cfg.train.output_dir)
         if resume:
             trainer.load(resume)
         return trainer.run()
@@ -266,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         path = train(cfg, args.resume)
-    except (ConfigError, DatasetError) as exc:
+    except (ConfigError, DatasetError, CheckpointError) as exc:
         print(f"dp-train: error: {exc}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:

@@ -10,9 +10,9 @@ import torch
 
 from conftest import REPO, experiment, tiny_policy_config, write_episodes
 from dp_core.checkpoint import load_policy, load_training_state
-from dp_core.config import ObsSpec
+from dp_core.config import ConfigError, ObsSpec
 from dp_core.dataset import build_datasets, split_episodes
-from dp_core.train import Trainer, train
+from dp_core.train import Trainer, main, train
 
 
 def _cfg(data: Path, out: Path, **kw):
@@ -49,6 +49,27 @@ def test_resume_continues_exactly(ramp_dataset: Path, tmp_path: Path) -> None:
     ema_a = load_training_state(tmp_path / "full" / "checkpoints" / "train_00000012.pt")["ema"]["shadow_params"]
     ema_b = load_training_state(tmp_path / "half" / "checkpoints" / "train_00000012.pt")["ema"]["shadow_params"]
     assert all(torch.equal(x, y) for x, y in zip(ema_a, ema_b))
+
+
+def test_resume_refuses_a_config_that_would_not_continue_the_run(ramp_dataset: Path, tmp_path: Path) -> None:
+    """The schedule and the optimiser come from the checkpoint's config: resuming under another num_steps or lr
+    would jump the learning rate; where it writes and how often may change."""
+    half = Trainer(_cfg(ramp_dataset, tmp_path / "run", num_steps=12, checkpoint_every=6))
+    for _ in range(6):
+        half.train_step()
+    half.checkpoint()
+    ckpt = tmp_path / "run" / "checkpoints" / "train_00000006.pt"
+    other = Trainer(_cfg(ramp_dataset, tmp_path / "run", num_steps=20, lr=1e-5, checkpoint_every=6))
+    with pytest.raises(ConfigError, match=r"train.num_steps: 12 -> 20; train.lr: 0.001 -> 1e-05"):
+        other.load(ckpt)
+    fine = Trainer(_cfg(ramp_dataset, tmp_path / "elsewhere", num_steps=12, checkpoint_every=3, val_every=5))
+    fine.load(ckpt)
+    assert fine.step == 6
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("policy:\n  shape_meta:\n    obs:\n      pos: {type: low_dim, shape: [2]}\n    action: {dim: 1}\n"
+                   "  unet: {down_dims: [16, 32], step_embed_dim: 16}\n"
+                   f"data: {{path: {ramp_dataset}}}\ntrain: {{output_dir: {tmp_path / 'cli'}, device: cpu}}\n")
+    assert main(["--config", str(cfg), "--resume", str(tmp_path / "nope.pt")]) == 2  # a message, not a traceback
 
 
 def test_cli_reports_bad_key_and_missing_data(tmp_path: Path) -> None:
