@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -85,9 +85,11 @@ def evaluate(
     """Evaluate a policy file in the Push-T simulator; returns the report dict."""
     policy = load_policy(checkpoint, device)
     d = policy.cfg.diffusion
-    d.num_inference_steps = num_inference_steps or d.num_inference_steps
-    d.warm_start_steps = warm_steps or d.warm_start_steps
-    d.warm_start_strength = warm_strength or d.warm_start_strength
+    given = {"num_inference_steps": num_inference_steps, "warm_start_steps": warm_steps, "warm_start_strength": warm_strength}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    replace(d, **overrides)  # checks them with the policy's schedule (ConfigError, a ValueError)
+    for key, value in overrides.items():  # in place: the policy's samplers read this object
+        setattr(d, key, value)
     needs_image = bool(policy.cfg.shape_meta.rgb_keys)
     env = PushTEnv(PushTConfig(max_steps=max_steps, render_size=96 if needs_image else 0))
     runner = PolicyRunner(policy, dt=1.0 / env.config.control_hz, warm_start=warm_start, seed=seed, inference=inference)
