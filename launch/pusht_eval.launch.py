@@ -2,7 +2,7 @@
 
     ros2 launch dp_bringup pusht_eval.launch.py num_episodes:=20 checkpoint:=/path/to/policy.safetensors
 
-The simulator prints `PUSHT_SCORE <score> over <n> episodes` (and writes report_path when given) and
+The simulator prints `PUSHT_SCORE <score> over <n> episodes` (and writes the config's report_path when set) and
 the launch shuts down. Same nodes and topics as ur5_pusht.launch.py with sim:=true.
 """
 
@@ -25,10 +25,12 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("num_episodes", default_value="20", description="episodes to score"),
         DeclareLaunchArgument("checkpoint", default_value="", description="policy file; default: bundled model"),
         DeclareLaunchArgument("config", default_value="", description="node parameter file; default config/pusht_sim.yaml"),
-        DeclareLaunchArgument("device", default_value="auto", description="auto, cpu, cuda"),
-        DeclareLaunchArgument("seed", default_value="100000", description="seed of the first episode"),
-        DeclareLaunchArgument("extra_latency", default_value="0.0", description="artificial observation-to-chunk delay (s)"),
-        DeclareLaunchArgument("latency_compensation", default_value="true", description="executor latency compensation"),
+        DeclareLaunchArgument("device", default_value="", description="auto, cpu, cuda; default: the config's (auto)"),
+        DeclareLaunchArgument("seed", default_value="", description="seed of the first episode; default: the config's (100000)"),
+        DeclareLaunchArgument("extra_latency", default_value="",
+                              description="artificial observation-to-chunk delay (s); default: the config's (0)"),
+        DeclareLaunchArgument("latency_compensation", default_value="",
+                              description="executor latency compensation; default: the config's (true)"),
         DeclareLaunchArgument("log_level", default_value="info", description="log level of all nodes"),
     ]
     include = IncludeLaunchDescription(

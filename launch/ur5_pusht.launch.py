@@ -36,16 +36,16 @@ def launch_setup(context, *_, **__):
     config = arg["config"] or os.path.join(share, "config", "pusht_sim.yaml" if sim else "ur5_real.yaml")
     checkpoint = arg["checkpoint"] or os.path.join(share, "models", "pusht_state_unet_small.safetensors")
     common = {"output": "screen", "emulate_tty": True, "arguments": ["--ros-args", "--log-level", arg["log_level"]]}
+    # Arguments left empty leave the parameter file's value in force.
+    policy = {"checkpoint": checkpoint, **_given(arg, device=str, extra_latency_s=float)}
+    executor = _given(arg, latency_compensation=truthy)
     nodes = [
-        Node(package=PKG, executable="policy_node", name="policy", **common,
-             parameters=[config, {"checkpoint": checkpoint, "device": arg["device"],
-                                  "extra_latency_s": float(arg["extra_latency"])}]),
-        Node(package=PKG, executable="action_executor", name="action_executor", **common,
-             parameters=[config, {"latency_compensation": truthy(arg["latency_compensation"])}]),
+        Node(package=PKG, executable="policy_node", name="policy", **common, parameters=[config, policy]),
+        Node(package=PKG, executable="action_executor", name="action_executor", **common, parameters=[config, executor]),
     ]
     if sim:
         sim_node = Node(package=PKG, executable="pusht_sim", name="pusht_sim", **common,
-                        parameters=[config, {"num_episodes": int(arg["num_episodes"]), "seed": int(arg["seed"])}])
+                        parameters=[config, {"num_episodes": int(arg["num_episodes"]), **_given(arg, seed=int)}])
         nodes.append(sim_node)
         if int(arg["num_episodes"]) > 0:  # scored run: the whole launch ends with the simulator's report
             nodes.append(RegisterEventHandler(OnProcessExit(target_action=sim_node, on_exit=[Shutdown()])))
@@ -54,6 +54,17 @@ def launch_setup(context, *_, **__):
     if arg["bag"]:
         nodes += _recorder(arg["bag"], arg["bag_recorder"], config, common)
     return nodes
+
+
+def _given(arg: dict[str, str], **params) -> dict:
+    """``{parameter: convert(value)}`` for the launch arguments given (non-empty); extra_latency_s comes from
+    the argument extra_latency."""
+    out = {}
+    for name, convert in params.items():
+        value = arg["extra_latency" if name == "extra_latency_s" else name]
+        if value != "":
+            out[name] = convert(value)
+    return out
 
 
 def _has_ros2bag_mcap() -> bool:
@@ -88,17 +99,20 @@ def generate_launch_description() -> LaunchDescription:
                               description="policy file (.safetensors); default: the bundled Push-T model"),
         DeclareLaunchArgument("config", default_value="",
                               description="node parameter file; default config/pusht_sim.yaml or config/ur5_real.yaml"),
-        DeclareLaunchArgument("device", default_value="auto", description="auto (CUDA if available), cpu, cuda, cuda:1"),
+        DeclareLaunchArgument("device", default_value="",
+                              description="auto (CUDA if available), cpu, cuda, cuda:1; default: the config's (auto)"),
         DeclareLaunchArgument("robot_ip", default_value="", description="UR controller IP address (sim:=false)"),
         DeclareLaunchArgument("camera_serials", default_value="",
                               description="RealSense serial numbers, e.g. \"['0123', '4567']\" (sim:=false)"),
         DeclareLaunchArgument("num_episodes", default_value="0",
                               description="sim: stop after this many episodes and print the score (0: run forever)"),
-        DeclareLaunchArgument("seed", default_value="100000", description="sim: seed of the first episode"),
-        DeclareLaunchArgument("extra_latency", default_value="0.0",
-                              description="artificial delay (s) between observation and chunk, for latency tests"),
-        DeclareLaunchArgument("latency_compensation", default_value="true", choices=["true", "false"],
-                              description="executor schedules actions from the observation stamp (paper) or from arrival"),
+        DeclareLaunchArgument("seed", default_value="", description="sim: seed of the first episode; default: the config's"),
+        DeclareLaunchArgument("extra_latency", default_value="",
+                              description="artificial delay (s) between observation and chunk, for latency tests; "
+                                          "default: the config's (0)"),
+        DeclareLaunchArgument("latency_compensation", default_value="", choices=["", "true", "false"],
+                              description="executor schedules actions from the observation stamp (paper) or from "
+                                          "arrival; default: the config's (true)"),
         DeclareLaunchArgument("log_level", default_value="info", choices=["debug", "info", "warn", "error"],
                               description="log level of all nodes"),
         DeclareLaunchArgument("bag", default_value="",

@@ -206,3 +206,30 @@ def test_scripted_recording_passes_the_expanded_demo_path(tmp_path, monkeypatch)
     context.launch_configurations["demo_dataset"] = "~/missing.zarr"
     with pytest.raises(RuntimeError, match=f"not found: {tmp_path}/missing.zarr"):
         launch.launch_setup(context)
+
+
+def test_launch_arguments_left_empty_keep_the_parameter_files_values(monkeypatch) -> None:
+    """device, seed, extra_latency and latency_compensation override the config only when given."""
+    from launch import LaunchContext
+    from launch.actions import DeclareLaunchArgument
+    from launch_ros.actions import Node
+    from launch_ros.utilities import evaluate_parameters
+
+    launch = _launch_module()
+    monkeypatch.setattr(launch, "get_package_share_directory", lambda _: str(REPO))
+
+    def overrides(**given) -> dict[str, dict]:
+        context = LaunchContext()
+        for action in launch.generate_launch_description().entities:
+            if isinstance(action, DeclareLaunchArgument):
+                action.visit(context)
+        context.launch_configurations.update(given)
+        nodes = [n for n in launch.launch_setup(context) if isinstance(n, Node)]
+        return {n.node_executable: evaluate_parameters(context, n._Node__parameters)[1] for n in nodes}
+
+    default = overrides()
+    assert set(default["policy_node"]) == {"checkpoint"} and default["action_executor"] == {}
+    assert default["pusht_sim"] == {"num_episodes": 0}
+    given = overrides(device="cpu", seed="7", extra_latency="0.1", latency_compensation="false")
+    assert given["policy_node"]["device"] == "cpu" and given["policy_node"]["extra_latency_s"] == 0.1
+    assert given["action_executor"] == {"latency_compensation": False} and given["pusht_sim"]["seed"] == 7
