@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -170,6 +171,9 @@ class DataConfig:
     max_train_episodes: int | None = None
     split_seed: int = 42
 
+    def __post_init__(self) -> None:
+        self.path = os.path.expanduser(self.path)  # a shell leaves ~ in data.path=~/... as it is
+
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
@@ -198,6 +202,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
 
     def __post_init__(self) -> None:
+        self.output_dir = os.path.expanduser(self.output_dir)
         for name in ("batch_size", "num_steps", "log_every", "val_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1; got {getattr(self, name)}")

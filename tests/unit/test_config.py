@@ -83,3 +83,12 @@ def test_values_that_would_fail_mid_training_are_refused_up_front(tmp_path: Path
     ]:
         with pytest.raises(ConfigError, match=message):
             load_config(cfg, [override])
+
+
+def test_home_in_paths_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bash does not expand ~ in data.path=~/demos.zarr (not a variable assignment): the config does."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  output_dir: ~/runs/a\n")
+    loaded = load_config(cfg, ["data.path=~/demos/pusht.zarr"])
+    assert loaded.data.path == str(tmp_path / "demos/pusht.zarr") and loaded.train.output_dir == str(tmp_path / "runs/a")
