@@ -40,7 +40,7 @@ def test_teleop_follows_targets_within_the_executor_limits(ros) -> None:
         cli_args=["--ros-args", "--params-file", str(REPO / "config" / "teleop.yaml")],
         parameter_overrides=[Parameter("input", value="topic")],
     ))
-    assert node.get_parameter("max_speed").value == 1500.0
+    assert node.get_parameter("max_speed").value == 800.0
     probe = ros.probe("teleop_probe")
     commands: list[np.ndarray] = []
     probe.create_subscription(PoseStamped, "/robot/servo_target",
@@ -57,7 +57,7 @@ def test_teleop_follows_targets_within_the_executor_limits(ros) -> None:
     timer = probe.create_timer(0.02, lambda: target.publish(pose(probe, 700.0, 100.0)))  # beyond the workspace
     ros.spin_until(lambda: commands[-1][0] >= 512.0, 5.0)
     steps = np.linalg.norm(np.diff(np.array(commands), axis=0), axis=1)
-    assert steps.max() <= 15.0 + 1e-9  # max_speed / rate_hz
+    assert steps.max() <= 8.0 + 1e-9  # max_speed / rate_hz
     assert max(c[0] for c in commands) == 512.0  # clamped to workspace_max
     probe.destroy_timer(timer)
 

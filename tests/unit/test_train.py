@@ -256,3 +256,31 @@ def test_validation_episodes_too_short_for_a_window_mean_no_validation(tmp_path:
     cfg.data.split_seed = next(s for s in range(100) if split_episodes(20, replace(cfg.data, split_seed=s))[1].tolist() == [19])
     train, val, _ = build_datasets(cfg.data, cfg.policy)
     assert len(train) > 0 and val is None
+
+
+def test_real_cell_config_trains_on_what_the_real_recorder_writes(tmp_path: Path) -> None:
+    """config/ur5_image_unet.yaml reads the keys config/recorder_ur5.yaml records, and the policy it makes
+    runs in the real cell's policy node (config/ur5_real.yaml's observations and action names)."""
+    import yaml
+
+    from dp_core.config import load_config
+    from dp_core.control.policy_params import load_node_params, used_observations
+
+    rec = yaml.safe_load((REPO / "config" / "recorder_ur5.yaml").read_text())["demo_recorder"]["ros__parameters"]
+    h, w = rec["image_size"]
+    rng = np.random.default_rng(0)
+    episodes = []
+    for _ in range(3):
+        n = 20
+        ep = {k: rng.integers(0, 255, (n, h, w, 3), dtype=np.uint8) if t == "Image" else rng.normal(size=(n, d)).astype(np.float32)
+              for k, t, d in zip(rec["obs_keys"], rec["obs_types"], rec["obs_dims"])}
+        ep["action"] = rng.normal(size=(n, len(rec["action_names"]))).astype(np.float32)
+        episodes.append(ep)
+    data = write_episodes(tmp_path / "ur5.zarr", episodes)
+    cfg = load_config(REPO / "config" / "ur5_image_unet.yaml",
+                      [f"data.path={data}", f"train.output_dir={tmp_path / 'run'}", "train.device=cpu",
+                       "train.batch_size=2", "train.num_steps=1", "policy.unet.down_dims=[16,32,64]"])
+    trainer = Trainer(cfg)
+    assert np.isfinite(trainer.train_step())
+    used = used_observations(load_node_params(REPO / "config" / "ur5_real.yaml"), cfg.policy.shape_meta)
+    assert set(used) == {"camera_0", "camera_1", "robot_eef_pos"}

@@ -44,7 +44,7 @@ DEFAULTS: dict[str, Any] = {  # the simulated Push-T cell (pixels); config/teleo
     "max_tracking_error": 0.0,  # units; > 0: the command this far from the measured pose (arm stopped) -> resync
     "workspace_min": [0.0, 0.0],  # one value per driven axis (x, y[, z])
     "workspace_max": [512.0, 512.0],
-    "max_speed": 1500.0,  # units/s; the step limit per tick is max_speed / rate_hz
+    "max_speed": 800.0,  # units/s; the step limit per tick is max_speed / rate_hz
     "fixed_pose": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
     "frame_id": "world",
     "twist_topic": "/spacemouse/twist",
