@@ -187,9 +187,9 @@ def test_scripted_teleop_records_trainable_demonstrations(tmp_path: Path) -> Non
     starts = agent[np.concatenate([[0], store.episode_ends[:-1]])]
     reset_at = np.array([PushTEnv(PushTConfig(render_size=0)).reset(seed=i)["agent_pos"] for i in range(3)])
     print(f"episode starts {starts.round(1).tolist()}, reset positions {reset_at.round(1).tolist()}")
-    # Measured 0.0 px on an idle machine, up to 1.9 px under load (a command in flight when teleop paused can
-    # still land after the reset); up to 217 px before teleop paused over the reset.
-    assert np.abs(starts - reset_at).max() < 5.0
+    # The first recorded step can follow the demonstration's first target by up to a step (0.1 s), so a few px
+    # (0-5 measured, also under load); up to 217 px when teleop kept commanding the old position after the reset.
+    assert np.abs(starts - reset_at).max() < 15.0
     assert np.median(np.linalg.norm(action - agent, axis=1)) < 40.0
 
     py_env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}

@@ -258,3 +258,34 @@ def test_sim_cell_rejects_a_non_finite_target_and_runs_state_only(request) -> No
         sim.finish()
     finally:
         rclpy.try_shutdown(context=context)
+
+
+def test_sim_cell_ignores_targets_published_before_its_reset(request) -> None:
+    """A servo target still in flight when ~/reset ran (teleop paused just before) must not move the new episode."""
+    import time
+
+    import rclpy
+    from geometry_msgs.msg import PoseStamped
+    from std_srvs.srv import Trigger
+
+    from conftest import unique_domain_id
+    from dp_bringup.nodes.pusht_sim_node import PushTSimNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=unique_domain_id(request))
+    try:
+        sim = PushTSimNode(context=context, parameter_overrides=[rclpy.Parameter("render_size", value=0)])
+        sim.cell.stop()  # no physics thread: the target is read back as set
+        before = time.time_ns()
+        sim._on_reset(Trigger.Request(), Trigger.Response())
+        start = sim.cell._target.copy()
+        old = PoseStamped()
+        old.pose.position.x, old.pose.position.y = 400.0, 400.0
+        sim._on_target(old, {"source_timestamp": before})
+        np.testing.assert_array_equal(sim.cell._target, start)
+        assert sim._stale_targets == 1
+        sim._on_target(old, {"source_timestamp": time.time_ns()})
+        np.testing.assert_array_equal(sim.cell._target, [400.0, 400.0])
+        sim.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)

@@ -6,6 +6,7 @@ block pose, keypoints and coverage for evaluation, and follows `/robot/servo_tar
 With `num_episodes > 0` it prints a JSON score report after that many episodes and exits.
 The `~/reset` service (std_srvs/Trigger) ends the episode and starts the next; with `auto_reset`
 false (data collection) only it does, so success or a timeout never reset the cell mid-demonstration.
+Servo targets published before a reset and delivered after it (DDS source timestamp) are ignored.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import Pose, PoseArray, PoseStamped
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
+from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float64
 from std_srvs.srv import Trigger
@@ -70,6 +73,8 @@ class PushTSimNode(Node):
         if p["render_size"] > 0:  # 0: a state-only cell, no camera images
             self.create_timer(1.0 / (p["camera_rate_hz"] * len(self.cameras)), self._publish_camera)
         self._rejected_targets = 0
+        self._stale_targets = 0  # published before the last ~/reset, delivered after it
+        self._reset_ns = 0  # system time of the last ~/reset (DDS source timestamps use the same clock)
         self.create_timer(1.0 / p["state_rate_hz"], self._publish_state)
         self.create_timer(0.1, self._publish_coverage)
         self.create_timer(2.0, self._log_progress)
@@ -80,7 +85,10 @@ class PushTSimNode(Node):
             f"cameras {', '.join(p['camera_names'])} at {p['camera_rate_hz']:.0f} Hz"
         )
 
-    def _on_target(self, msg: PoseStamped) -> None:
+    def _on_target(self, msg: PoseStamped, info: MessageInfo) -> None:
+        if info["source_timestamp"] < self._reset_ns:  # meant for the episode before the reset: never move the new one
+            self._stale_targets += 1
+            return
         try:
             self.cell.set_target(np.array([msg.pose.position.x, msg.pose.position.y]))
         except ValueError as exc:  # a non-finite target: keep the last one
@@ -88,6 +96,7 @@ class PushTSimNode(Node):
             self.get_logger().error(f"rejected servo target: {exc}", throttle_duration_sec=1.0)
 
     def _on_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self._reset_ns = time.time_ns()
         done = self.cell.reset()
         response.success = True
         response.message = f"episode {done.index} ended (max coverage {done.max_coverage:.3f}); seed {done.seed + 1} next"
@@ -170,7 +179,7 @@ class PushTSimNode(Node):
     def _publish_diagnostics(self) -> None:
         _, coverage, episode = self.cell.snapshot()
         values = {"episode": episode, "coverage": f"{coverage:.4f}", "score_so_far": f"{self.cell.score():.4f}",
-                  "rejected_targets": self._rejected_targets}
+                  "rejected_targets": self._rejected_targets, "stale_targets": self._stale_targets}
         publish_diagnostics(self, self.diag_pub, [diagnostic_status("pusht_sim", DiagnosticStatus.OK, "running", values)])
 
 
