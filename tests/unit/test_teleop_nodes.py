@@ -28,9 +28,7 @@ def call(ros, client, timeout: float = 5.0):
 
 
 def test_teleop_follows_targets_within_the_executor_limits(ros) -> None:
-    from geometry_msgs.msg import PoseStamped
     from rclpy.parameter import Parameter
-    from rclpy.qos import qos_profile_sensor_data
     from std_srvs.srv import Trigger
 
     from dp_bringup.nodes.teleop_node import TeleopNode
@@ -41,12 +39,7 @@ def test_teleop_follows_targets_within_the_executor_limits(ros) -> None:
         parameter_overrides=[Parameter("input", value="topic")],
     ))
     assert node.get_parameter("max_speed").value == 800.0
-    probe = ros.probe("teleop_probe")
-    commands: list[np.ndarray] = []
-    probe.create_subscription(PoseStamped, "/robot/servo_target",
-                              lambda m: commands.append(np.array([m.pose.position.x, m.pose.position.y])), 10)
-    state = probe.create_publisher(PoseStamped, "/robot/tcp_pose", qos_profile_sensor_data)
-    target = probe.create_publisher(PoseStamped, "/teleop/target", 10)
+    probe, commands, state, target = _command_probe(ros)
 
     ros.spin_until(lambda: False, 0.3)
     assert commands == []  # nothing before the measured pose
@@ -73,22 +66,29 @@ def test_teleop_follows_targets_within_the_executor_limits(ros) -> None:
     np.testing.assert_allclose(commands[n], [50.0, 60.0])  # restarted there, not walking back from 512
 
 
-def _teleop_rig(ros, **params):
+def _command_probe(ros):
+    """A node that records teleop's commands (x, y) and publishes measured poses and targets."""
     from geometry_msgs.msg import PoseStamped
-    from rclpy.parameter import Parameter
     from rclpy.qos import qos_profile_sensor_data
 
-    from dp_bringup.nodes.teleop_node import TeleopNode
-
-    node = ros.add(TeleopNode(context=ros.context, parameter_overrides=[
-        Parameter("input", value="topic"), Parameter("max_speed", value=1000.0),
-        *(Parameter(k, value=v) for k, v in params.items())]))
     probe = ros.probe("teleop_probe")
     commands: list[np.ndarray] = []
     probe.create_subscription(PoseStamped, "/robot/servo_target",
                               lambda m: commands.append(np.array([m.pose.position.x, m.pose.position.y])), 10)
     state = probe.create_publisher(PoseStamped, "/robot/tcp_pose", qos_profile_sensor_data)
     target = probe.create_publisher(PoseStamped, "/teleop/target", 10)
+    return probe, commands, state, target
+
+
+def _teleop_rig(ros, **params):
+    from rclpy.parameter import Parameter
+
+    from dp_bringup.nodes.teleop_node import TeleopNode
+
+    node = ros.add(TeleopNode(context=ros.context, parameter_overrides=[
+        Parameter("input", value="topic"), Parameter("max_speed", value=1000.0),
+        *(Parameter(k, value=v) for k, v in params.items())]))
+    probe, commands, state, target = _command_probe(ros)
     probe.create_timer(0.02, lambda: target.publish(pose(probe, 400.0, 100.0)))  # the operator keeps pushing
     return node, probe, commands, state
 
