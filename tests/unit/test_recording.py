@@ -222,6 +222,34 @@ def test_recorder_samples_steps_with_the_next_commanded_target(tmp_path: Path) -
     np.testing.assert_allclose(store.read("timestamp"), [0.1, 0.2, 0.3, 0.4, 0.5])
 
 
+def test_recorder_pairs_each_image_with_the_state_of_its_capture_time(tmp_path: Path) -> None:
+    """A camera frame arrives 60 ms after its capture, the state at once: the step holds the state stamped at
+    or before the frame (as the policy node's ObsBuffer pairs them), not the newest one."""
+    rec = make_recorder(tmp_path / "r.zarr")
+    latency = 0.06
+    t, frame = 0.0, 0
+    rec.command(np.zeros(2), 0.0)
+    steps_at = [0.3, 0.4, 0.5, 0.6]
+    while t < 0.65:  # state (keypoint = its own stamp) at 125 Hz; frames (value = frame number) at 30 Hz
+        rec.observe("keypoint", np.full(4, t), t)
+        if frame / 30 + latency <= t + 1e-9:
+            rec.observe("img", np.full((16, 12, 3), frame, np.uint8), frame / 30)
+            frame += 1
+        rec.command(np.array([t, t]), t)
+        if t >= 0.1 and not rec.recording:
+            rec.start(t)
+        if steps_at and t >= steps_at[0] - 1e-9:
+            rec.tick(t)
+            steps_at.pop(0)
+        t = round(t + 0.008, 6)
+    rec.stop(0.65)
+    store = EpisodeStore.open(tmp_path / "r.zarr")
+    image_ms = store.read("img")[:, 0, 0, 0].astype(float) * 1000 / 30  # capture time of each step's frame
+    state_ms = store.read("keypoint")[:, 0] * 1000
+    assert len(image_ms) >= 3
+    assert np.all(state_ms <= image_ms + 1e-6) and np.all(image_ms - state_ms < 8.0 + 1e-6)  # one state period
+
+
 def test_recorder_drops_stale_steps_and_discards(tmp_path: Path) -> None:
     rec = make_recorder(tmp_path / "r.zarr")
     feed(rec, 0.0, 0)

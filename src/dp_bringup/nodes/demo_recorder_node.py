@@ -2,11 +2,11 @@
 
 Services (std_srvs/Trigger) ``~/start``, ``~/stop`` (commit) and ``~/discard``; the same from SpaceMouse
 buttons on ``buttons_topic`` (``button_start_stop`` toggles, ``button_discard`` discards). A timer at
-``rate_hz`` (the control rate) samples the newest message of every ``obs_topics`` entry and the newest
-command on ``action_topic`` (:class:`dp_core.recording.EpisodeRecorder`); steps go into ``dataset``
+``rate_hz`` (the control rate) samples every ``obs_topics`` entry, aligned by stamp as the policy node
+aligns them, and the newest command on ``action_topic`` (:class:`dp_core.recording.EpisodeRecorder`); steps go into ``dataset``
 through the crash-safe :class:`dp_core.recording.EpisodeWriter` (zarr v3, ``meta/episode_ends``
-committed last; a restart repairs and appends). Observation messages are converted exactly as the
-policy node converts them, so a policy trained on the recording reads the same values when deployed.
+committed last; a restart repairs and appends). Observation messages are converted and paired in time as
+the policy node does it, so a policy trained on the recording reads the same values when deployed.
 After each stop or discard, the Trigger services in ``after_episode_services`` are called in order
 (e.g. reset the simulated cell, resync teleop).
 """

@@ -1,22 +1,26 @@
 """Demonstration recording at the control rate: latest samples in, one dataset step per tick out.
 
-Callbacks hand the newest observation of each stream (:meth:`EpisodeRecorder.observe`) and the newest
+Callbacks hand each observation of each stream (:meth:`EpisodeRecorder.observe`) and the newest
 commanded target (:meth:`EpisodeRecorder.command`) to the recorder; a timer at the control rate calls
 :meth:`EpisodeRecorder.tick`. Each tick samples every stream (images resized as configured) into one
-step; the step's ``action`` is the commanded target as of the *next* tick, i.e. the target the robot
+step, aligned by stamp as the policy node aligns its observations: the step's time is the oldest of the
+streams' newest stamps (a camera frame arrives some time after it was captured), and each stream gives
+its newest sample at or before that time, so a pose is never newer than the image beside it. The step's
+``action`` is the commanded target as of the *next* tick, i.e. the target the robot
 was sent while that step played out — the same convention as the Push-T demonstrations and the
 executor (an action chunk's first action is due one ``dt`` after its observation). A step whose
 samples are older than ``max_age_s`` is dropped and counted, never filled with stale data; the episode
 goes on after such a gap, and training windows do not span it (:func:`dp_core.dataset.segments` cuts
 episodes where their ``timestamp`` steps are uneven).
 
-Keys written per step: each stream's key, ``action`` and ``timestamp`` (sample time, seconds).
+Keys written per step: each stream's key, ``action`` and ``timestamp`` (the tick's time, seconds).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +29,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from ..control.stamps import STAMP_TOLERANCE_S
 from .episode_writer import EpisodeWriter
 
 log = logging.getLogger(__name__)
@@ -68,6 +73,17 @@ class EpisodeSummary:
     videos: list[Path] = field(default_factory=list)
 
 
+HISTORY_MAX = 512  # samples kept per stream (a 500 Hz pose over max_age_s + dt needs under 200)
+
+
+def _at_or_before(history: deque[tuple[float, np.ndarray]], t: float) -> np.ndarray | None:
+    """The newest sample stamped at or before ``t`` (within the stamp tolerance), None when all are newer."""
+    for stamp, value in reversed(history):
+        if stamp <= t + STAMP_TOLERANCE_S:
+            return value
+    return None
+
+
 def resize_image(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     """``image`` (H x W x 3 uint8) resized to ``size`` = (height, width) by area averaging."""
     if size is None or image.shape[:2] == tuple(size):
@@ -105,7 +121,7 @@ class EpisodeRecorder:
         self.dt = dt
         self.max_age_s = max_age_s
         self.video_dir = None if video_dir is None else Path(video_dir)
-        self._latest: dict[str, tuple[np.ndarray, float]] = {}
+        self._history: dict[str, deque[tuple[float, np.ndarray]]] = {}  # per stream, oldest first
         self._action: tuple[np.ndarray, float] | None = None
         self._pending: dict[str, np.ndarray] | None = None
         self._pending_frames: dict[str, np.ndarray] = {}
@@ -139,7 +155,12 @@ class EpisodeRecorder:
                 raise ValueError(f"stream {key}: need {spec.dim} finite values, got {value.tolist()}")
         elif value.ndim != 3 or value.shape[2] != 3 or value.dtype != np.uint8:
             raise ValueError(f"stream {key}: need an H x W x 3 uint8 image, got {value.shape} {value.dtype}")
-        self._latest[key] = (value, float(stamp))
+        history = self._history.setdefault(key, deque(maxlen=HISTORY_MAX))
+        if history and stamp < history[-1][0]:  # out of order: keep the history sorted by stamp
+            history.clear()
+        history.append((float(stamp), value))
+        while history[0][0] < stamp - self.max_age_s - self.dt:  # what a step can still align to
+            history.popleft()
 
     def command(self, action: np.ndarray, stamp: float) -> None:
         """The newest commanded target (``action_dim`` values) sent at ``stamp``."""
@@ -150,7 +171,7 @@ class EpisodeRecorder:
 
     def stale_inputs(self, now: float) -> list[str]:
         """Streams (and ``action``) with no sample within ``max_age_s`` of ``now``."""
-        stale = [k for k in self.streams if k not in self._latest or now - self._latest[k][1] > self.max_age_s]
+        stale = [k for k in self.streams if k not in self._history or now - self._history[k][-1][0] > self.max_age_s]
         if self._action is None or now - self._action[1] > self.max_age_s:
             stale.append("action")
         return stale
@@ -178,9 +199,15 @@ class EpisodeRecorder:
         if stale:
             self._drop(stale)
             return
+        t0 = min(history[-1][0] for history in self._history.values())
+        samples = {key: _at_or_before(self._history[key], t0) for key in self.streams}
+        late = [key for key, value in samples.items() if value is None]
+        if late:  # a stream with nothing old enough to stand beside the others
+            self._drop(late)
+            return
         step, frames = {}, {}
         for key, spec in self.streams.items():
-            value = self._latest[key][0]
+            value = samples[key]
             if spec.kind == "image":
                 if key in self._videos:
                     frames[key] = value  # full size, into the video once the step is written
