@@ -1,8 +1,9 @@
 """rosbag2 bags (MCAP or sqlite3) -> training dataset (zarr: ``data/<key>`` + ``meta/episode_ends``).
 
 Topics are aligned by their header stamps on a regular grid ``dt`` apart, by the rule the policy node
-applies live (:class:`dp_core.control.obs_buffer.ObsBuffer`): each observation key takes the last
-sample at or before the grid time. The action of step ``t`` is the commanded pose due at ``t + lead_s``
+applies live (:class:`dp_core.control.obs_buffer.ObsBuffer`): at each grid time the step's observation
+time ``t`` is the oldest of the streams' newest stamps, and each observation key takes its last sample at
+or before ``t`` (``timestamp`` holds the grid time). The action of step ``t`` is the commanded pose due at ``t + lead_s``
 (``/robot/servo_target`` is stamped with the time the pose must be reached, docs/interfaces.md),
 linearly interpolated between the recorded waypoints, as the driver moves between them. Messages are
 decoded by :mod:`dp_core.msg_fields`, the code the policy node uses.
@@ -161,14 +162,19 @@ def convert_bag(bag_path: str | Path, store: EpisodeStore, cfg: BagConversionCon
         keep = np.ones(n, bool)
         dropped: dict[str, int] = {}
         picks: dict[str, np.ndarray] = {}
+        newest = {}
         for s in streams:
             idx = sample_index(sorted_stamps[s.key], times)
-            age = times - sorted_stamps[s.key][np.maximum(idx, 0)]
-            stale = (idx < 0) | (age > cfg.max_age_s)
+            newest[s.key] = sorted_stamps[s.key][np.maximum(idx, 0)]
+            stale = (idx < 0) | (times - newest[s.key] > cfg.max_age_s)
             dropped[f"stale {s.key}"] = int((stale & keep).sum())
             keep &= ~stale
-            picks[s.key] = np.maximum(idx, 0)
-        actions, ok = interpolate(a_stamps, a_values, times + cfg.lead, cfg.action.max_gap_s) if len(a_stamps) else (None, np.zeros(n, bool))
+        # As live: the step's observation time is the oldest of the streams' newest stamps (a camera frame),
+        # and every stream gives its sample at or before it.
+        obs_t = np.min(np.stack(list(newest.values())), axis=0) if n else times
+        for s in streams:
+            picks[s.key] = np.maximum(sample_index(sorted_stamps[s.key], obs_t), 0)
+        actions, ok = interpolate(a_stamps, a_values, obs_t + cfg.lead, cfg.action.max_gap_s) if len(a_stamps) else (None, np.zeros(n, bool))
         dropped["no action"] = int((~ok & keep).sum())
         keep &= ok
         runs = [(a, b) for a, b in _runs(keep) if b - a >= cfg.min_episode_steps]

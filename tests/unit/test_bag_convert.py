@@ -47,17 +47,23 @@ def test_cell_bag_to_dataset(tmp_path: Path, storage: str) -> None:
     assert store.keys() == ["action", "img", "keypoint", "state", "timestamp"]
     t = store.read("timestamp") - 1000.0
     assert t[:3] == pytest.approx([0.0, 0.1, 0.2]) and t[33] == pytest.approx(3.5)
-    # observations: the last sample at or before each step (2.98 s during the gap); action: the pose due one step later
-    samples = np.array([i / 50 for i in range(301) if not 3.0 <= i / 50 < 3.5])
-    last = samples[np.searchsorted(samples, t + 1e-9) - 1]
-    assert last[30:33] == pytest.approx([2.98] * 3)
-    np.testing.assert_allclose(store.read("state"), np.array([agent_xy(x) for x in last]), atol=1e-3)
-    np.testing.assert_allclose(store.read("action"), np.array([agent_xy(x + 0.1) for x in t]), atol=1e-3)
+    # As the policy node: a step's observation time is the oldest of the streams' newest stamps (2.98 s, the
+    # last agent pose, during the gap), every stream gives its last sample at or before it, and the action is
+    # the pose due one step after it.
+    def last(stamps: np.ndarray, times: np.ndarray) -> np.ndarray:
+        return stamps[np.searchsorted(stamps, times + 1e-9) - 1]
+
+    poses = np.array([i / 50 for i in range(301) if not 3.0 <= i / 50 < 3.5])
+    frames = np.arange(121) / 20
+    obs_t = np.minimum(last(poses, t), last(frames, t))
+    assert obs_t[30:33] == pytest.approx([2.98] * 3) and obs_t[:30] == pytest.approx(t[:30])
+    np.testing.assert_allclose(store.read("state"), np.array([agent_xy(x) for x in last(poses, obs_t)]), atol=1e-3)
+    np.testing.assert_allclose(store.read("action"), np.array([agent_xy(x + 0.1) for x in obs_t]), atol=1e-3)
     keypoint = store.read("keypoint").reshape(-1, 9, 2)
     np.testing.assert_allclose(keypoint[:, 3], store.read("state") + [3, -3], atol=1e-3)
     img = store.read("img")
     assert img.shape == (59, 8, 8, 3) and img.dtype == np.uint8
-    assert img[:, 0, 0, 0].tolist() == [round(x * 20) % 256 for x in t]  # frame i is filled with i
+    assert img[:, 0, 0, 0].tolist() == [round(x * 20) % 256 for x in last(frames, obs_t)]  # frame i is filled with i
     # the training code reads it with the Push-T configs' observation mapping
     meta = ShapeMeta(obs={"keypoint": ObsSpec("low_dim", [18]), "agent_pos": ObsSpec("low_dim", [2], "state", [0, 2]),
                           "image": ObsSpec("rgb", [8, 8, 3], "img")})
