@@ -138,3 +138,11 @@ def test_fast_streams_keep_the_history_a_window_needs() -> None:
     obs = buf.get(now=3.0)
     assert obs is not None and obs.sample_stamps["robot"][0] == pytest.approx(2.74, abs=1e-3)
     assert len(buf.stamps("robot")) <= (0.2 + 0.25 + 0.1) / 0.002 + 2  # and no more than the window
+
+
+def test_newest_stamp() -> None:
+    buf = ObsBuffer(["a", "b"], n_obs_steps=2, dt=0.1, max_age=0.25)
+    assert buf.newest_stamp("a") is None
+    buf.add("a", 1.0, np.zeros(1))
+    buf.add("a", 0.9, np.zeros(1))  # out of order: the newest stays the newest
+    assert buf.newest_stamp("a") == 1.0 and buf.newest_stamp("b") is None

@@ -91,6 +91,11 @@ class ObsBuffer:
         """The stamps held for ``stream``, oldest first."""
         return list(self._stamps[self._check(stream)])
 
+    def newest_stamp(self, stream: str) -> float | None:
+        """The stamp of ``stream``'s newest sample; None before its first."""
+        stamps = self._stamps[self._check(stream)]
+        return stamps[-1] if stamps else None
+
     def add(self, stream: str, stamp: float, value: np.ndarray) -> None:
         """Insert one sample in stamp order, dropping those older than the window and beyond ``capacity``."""
         stamps, values = self._stamps[self._check(stream)], self._values[stream]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from ..control.stamps import STAMP_TOLERANCE_S
+from ..control.obs_buffer import ObsBuffer
 from .episode_writer import EpisodeWriter
 
 log = logging.getLogger(__name__)
@@ -73,17 +72,6 @@ class EpisodeSummary:
     videos: list[Path] = field(default_factory=list)
 
 
-HISTORY_MAX = 512  # samples kept per stream (a 500 Hz pose over max_age_s + dt needs under 200)
-
-
-def _at_or_before(history: deque[tuple[float, np.ndarray]], t: float) -> np.ndarray | None:
-    """The newest sample stamped at or before ``t`` (within the stamp tolerance), None when all are newer."""
-    for stamp, value in reversed(history):
-        if stamp <= t + STAMP_TOLERANCE_S:
-            return value
-    return None
-
-
 def resize_image(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     """``image`` (H x W x 3 uint8) resized to ``size`` = (height, width) by area averaging."""
     if size is None or image.shape[:2] == tuple(size):
@@ -121,7 +109,7 @@ class EpisodeRecorder:
         self.dt = dt
         self.max_age_s = max_age_s
         self.video_dir = None if video_dir is None else Path(video_dir)
-        self._history: dict[str, deque[tuple[float, np.ndarray]]] = {}  # per stream, oldest first
+        self._samples = ObsBuffer(keys, n_obs_steps=1, dt=dt, max_age=max_age_s)  # the policy node's alignment
         self._action: tuple[np.ndarray, float] | None = None
         self._pending: dict[str, np.ndarray] | None = None
         self._pending_frames: dict[str, np.ndarray] = {}
@@ -155,12 +143,7 @@ class EpisodeRecorder:
                 raise ValueError(f"stream {key}: need {spec.dim} finite values, got {value.tolist()}")
         elif value.ndim != 3 or value.shape[2] != 3 or value.dtype != np.uint8:
             raise ValueError(f"stream {key}: need an H x W x 3 uint8 image, got {value.shape} {value.dtype}")
-        history = self._history.setdefault(key, deque(maxlen=HISTORY_MAX))
-        if history and stamp < history[-1][0]:  # out of order: keep the history sorted by stamp
-            history.clear()
-        history.append((float(stamp), value))
-        while history[0][0] < stamp - self.max_age_s - self.dt:  # what a step can still align to
-            history.popleft()
+        self._samples.add(key, stamp, value)
 
     def command(self, action: np.ndarray, stamp: float) -> None:
         """The newest commanded target (``action_dim`` values) sent at ``stamp``."""
@@ -171,7 +154,8 @@ class EpisodeRecorder:
 
     def stale_inputs(self, now: float) -> list[str]:
         """Streams (and ``action``) with no sample within ``max_age_s`` of ``now``."""
-        stale = [k for k in self.streams if k not in self._history or now - self._history[k][-1][0] > self.max_age_s]
+        newest = {k: self._samples.newest_stamp(k) for k in self.streams}
+        stale = [k for k, t in newest.items() if t is None or now - t > self.max_age_s]
         if self._action is None or now - self._action[1] > self.max_age_s:
             stale.append("action")
         return stale
@@ -199,15 +183,13 @@ class EpisodeRecorder:
         if stale:
             self._drop(stale)
             return
-        t0 = min(history[-1][0] for history in self._history.values())
-        samples = {key: _at_or_before(self._history[key], t0) for key in self.streams}
-        late = [key for key, value in samples.items() if value is None]
-        if late:  # a stream with nothing old enough to stand beside the others
-            self._drop(late)
+        aligned = self._samples.get(now)
+        if aligned is None:  # a stream with nothing old enough to stand beside the others
+            self._drop([self._samples.refusal.stream])
             return
         step, frames = {}, {}
         for key, spec in self.streams.items():
-            value = samples[key]
+            value = aligned.values[key][0]
             if spec.kind == "image":
                 if key in self._videos:
                     frames[key] = value  # full size, into the video once the step is written
