@@ -251,7 +251,7 @@ RESUMABLE = {"name", "data.path", "train.output_dir", "train.device", "train.cud
 
 def resume_changes(saved: dict, current: dict) -> list[str]:
     """``"key: checkpoint -> now"`` for each setting that differs from the checkpoint's and changes the run
-    (the schedule, the model, the data split, ...). Keys this version no longer has are ignored."""
+    (the schedule, the model, the data split, ...). Keys only one of the two versions has are ignored."""
     def flat(d: dict, prefix: str = "") -> dict:
         out = {}
         for k, v in d.items():
@@ -259,7 +259,7 @@ def resume_changes(saved: dict, current: dict) -> list[str]:
         return out
 
     old, new = flat(saved), flat(current)
-    return [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if k not in RESUMABLE and old.get(k) != v]
+    return [f"{k}: {old[k]!r} -> {v!r}" for k, v in new.items() if k in old and k not in RESUMABLE and old[k] != v]
 
 
 def latest_training_state(output_dir: str | Path) -> Path | None:

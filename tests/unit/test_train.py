@@ -284,3 +284,11 @@ def test_real_cell_config_trains_on_what_the_real_recorder_writes(tmp_path: Path
     assert np.isfinite(trainer.train_step())
     used = used_observations(load_node_params(REPO / "config" / "ur5_real.yaml"), cfg.policy.shape_meta)
     assert set(used) == {"camera_0", "camera_1", "robot_eef_pos"}
+
+
+def test_resume_changes_ignore_settings_one_version_lacks() -> None:
+    from dp_core.train import resume_changes
+
+    saved = {"train": {"lr": 1e-3, "num_workers": 0}, "policy": {"horizon": 16}}
+    now = {"train": {"lr": 1e-3, "mixed_precision": "auto", "val_every": 5}, "policy": {"horizon": 8}}
+    assert resume_changes(saved, now) == ["policy.horizon: 16 -> 8"]
