@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
+from typing import Any
 
 import yaml
 from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
@@ -37,15 +39,15 @@ def launch_setup(context, *_, **__):
     checkpoint = arg["checkpoint"] or os.path.join(share, "models", "pusht_state_unet_small.safetensors")
     common = {"output": "screen", "emulate_tty": True, "arguments": ["--ros-args", "--log-level", arg["log_level"]]}
     # Arguments left empty leave the parameter file's value in force.
-    policy = {"checkpoint": checkpoint, **_given(arg, device=str, extra_latency_s=float)}
-    executor = _given(arg, latency_compensation=truthy)
+    policy = {"checkpoint": checkpoint, **_given(arg, device=("device", str), extra_latency_s=("extra_latency", float))}
+    executor = _given(arg, latency_compensation=("latency_compensation", truthy))
     nodes = [
         Node(package=PKG, executable="policy_node", name="policy", **common, parameters=[config, policy]),
         Node(package=PKG, executable="action_executor", name="action_executor", **common, parameters=[config, executor]),
     ]
     if sim:
         sim_node = Node(package=PKG, executable="pusht_sim", name="pusht_sim", **common,
-                        parameters=[config, {"num_episodes": int(arg["num_episodes"]), **_given(arg, seed=int)}])
+                        parameters=[config, {"num_episodes": int(arg["num_episodes"]), **_given(arg, seed=("seed", int))}])
         nodes.append(sim_node)
         if int(arg["num_episodes"]) > 0:  # scored run: the whole launch ends with the simulator's report
             nodes.append(RegisterEventHandler(OnProcessExit(target_action=sim_node, on_exit=[Shutdown()])))
@@ -56,15 +58,9 @@ def launch_setup(context, *_, **__):
     return nodes
 
 
-def _given(arg: dict[str, str], **params) -> dict:
-    """``{parameter: convert(value)}`` for the launch arguments given (non-empty); extra_latency_s comes from
-    the argument extra_latency."""
-    out = {}
-    for name, convert in params.items():
-        value = arg["extra_latency" if name == "extra_latency_s" else name]
-        if value != "":
-            out[name] = convert(value)
-    return out
+def _given(arg: dict[str, str], **params: tuple[str, Callable[[str], Any]]) -> dict[str, Any]:
+    """``{parameter: convert(arg[argument])}`` for each ``parameter=(argument, convert)`` given (non-empty)."""
+    return {name: convert(arg[argument]) for name, (argument, convert) in params.items() if arg[argument] != ""}
 
 
 def _has_ros2bag_mcap() -> bool:
