@@ -1,4 +1,4 @@
-"""Demonstration recording at the control rate: latest samples in, one dataset step per tick out.
+"""Demonstration recording at the control rate: stamped samples in, one aligned dataset step per tick out.
 
 Callbacks hand each observation of each stream (:meth:`EpisodeRecorder.observe`) and the newest
 commanded target (:meth:`EpisodeRecorder.command`) to the recorder; a timer at the control rate calls
