@@ -78,3 +78,30 @@ def test_without_auto_reset_only_reset_ends_an_episode() -> None:
     assert ended == [done] and done.seed == 3 and done.index == 0
     env = PushTEnv(PushTConfig(render_size=0))
     assert np.array_equal(cell.snapshot()[0]["state"], env.reset(seed=4)["state"])
+
+
+def test_automatic_reset_holds_targets_an_operator_reset_does_not() -> None:
+    clock = [0.0]
+    ended = []
+    cell = PushTCell(PushTConfig(render_size=0), seed=3, episode_s=0.5, on_episode_end=ended.append,
+                     clock=lambda: clock[0], start_on_command=True, reset_hold_s=1.0)
+    assert cell.set_target(cell.snapshot()[0]["agent_pos"])  # the first episode does not hold
+    for i in range(60):  # past episode_s: automatic reset at 0.51 s, holding until 1.51 s
+        clock[0] = (i + 1) * 0.01
+        cell.tick(clock[0])
+    assert len(ended) == 1
+    start = cell.snapshot()[0]["agent_pos"].copy()
+    assert not cell.set_target(start + 100.0)  # planned for the previous episode: ignored
+    for i in range(60, 150):  # 1.5 s: still holding; the agent has not moved and the episode has not started
+        clock[0] = (i + 1) * 0.01
+        cell.tick(clock[0])
+    assert np.array_equal(cell.snapshot()[0]["agent_pos"], start) and len(ended) == 1
+    for i in range(155, 200):  # from 1.51 s targets count, and the episode clock starts with the first (1.56 s)
+        clock[0] = (i + 1) * 0.01
+        assert cell.set_target(start + 50.0)
+        cell.tick(clock[0])
+    assert np.linalg.norm(cell.snapshot()[0]["agent_pos"] - start) > 5.0 and len(ended) == 1
+    done = cell.reset()  # an operator's reset: no hold
+    assert done.duration_s == pytest.approx(2.00 - 1.56) and cell.set_target(start)
+    with pytest.raises(ValueError, match="reset_hold_s"):
+        PushTCell(PushTConfig(render_size=0), reset_hold_s=-1.0)

@@ -6,7 +6,9 @@ block pose, keypoints and coverage for evaluation, and follows `/robot/servo_tar
 With `num_episodes > 0` it prints a JSON score report after that many episodes and exits.
 The `~/reset` service (std_srvs/Trigger) ends the episode and starts the next; with `auto_reset`
 false (data collection) only it does, so success or a timeout never reset the cell mid-demonstration.
-Servo targets published before a reset and delivered after it (DDS source timestamp) are ignored.
+Servo targets published before a reset and delivered after it (DDS source timestamp) are ignored, and
+after an automatic reset (success or timeout) every target for `reset_hold_s`: the commands a policy still
+sends then were planned for the previous episode's scene.
 """
 
 from __future__ import annotations
@@ -49,12 +51,14 @@ class PushTSimNode(Node):
             "command_topic": self.declare_parameter("command_topic", "/robot/servo_target").value,
             "report_path": self.declare_parameter("report_path", "").value,
             "auto_reset": self.declare_parameter("auto_reset", True).value,
+            "reset_hold_s": self.declare_parameter("reset_hold_s", 1.0).value,
         }
         check_parameters(self)
         self.p = p
         self.finished = threading.Event()
         self.cell = PushTCell(PushTConfig(render_size=p["render_size"]), p["seed"], p["episode_s"], self._on_episode_end,
-                              start_on_command=p["start_on_command"], auto_reset=p["auto_reset"])
+                              start_on_command=p["start_on_command"], auto_reset=p["auto_reset"],
+                              reset_hold_s=p["reset_hold_s"])
         # One image and camera-info topic per camera. The cameras run free at the same rate, evenly
         # staggered (camera k a k/n frame period after camera 0), like unsynchronised real cameras.
         if not p["camera_names"] or len(set(p["camera_names"])) != len(p["camera_names"]):
@@ -74,6 +78,7 @@ class PushTSimNode(Node):
             self.create_timer(1.0 / (p["camera_rate_hz"] * len(self.cameras)), self._publish_camera)
         self._rejected_targets = 0
         self._stale_targets = 0  # published before the last ~/reset, delivered after it
+        self._held_targets = 0  # arrived within reset_hold_s of an automatic reset
         self._reset_ns = 0  # system time of the last ~/reset (DDS source timestamps use the same clock)
         self.create_timer(1.0 / p["state_rate_hz"], self._publish_state)
         self.create_timer(0.1, self._publish_coverage)
@@ -90,7 +95,8 @@ class PushTSimNode(Node):
             self._stale_targets += 1
             return
         try:
-            self.cell.set_target(np.array([msg.pose.position.x, msg.pose.position.y]))
+            if not self.cell.set_target(np.array([msg.pose.position.x, msg.pose.position.y])):
+                self._held_targets += 1
         except ValueError as exc:  # a non-finite target: keep the last one
             self._rejected_targets += 1
             self.get_logger().error(f"rejected servo target: {exc}", throttle_duration_sec=1.0)
@@ -179,7 +185,8 @@ class PushTSimNode(Node):
     def _publish_diagnostics(self) -> None:
         _, coverage, episode = self.cell.snapshot()
         values = {"episode": episode, "coverage": f"{coverage:.4f}", "score_so_far": f"{self.cell.score():.4f}",
-                  "rejected_targets": self._rejected_targets, "stale_targets": self._stale_targets}
+                  "rejected_targets": self._rejected_targets, "stale_targets": self._stale_targets,
+                  "held_targets": self._held_targets}
         publish_diagnostics(self, self.diag_pub, [diagnostic_status("pusht_sim", DiagnosticStatus.OK, "running", values)])
 
 

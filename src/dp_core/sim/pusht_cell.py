@@ -6,6 +6,7 @@ without ROS. ``tick`` advances one physics step; ``run`` calls it in real time f
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +34,11 @@ class PushTCell:
     ``auto_reset`` false (data collection) only :meth:`reset` ends it. Until a target arrives,
     the agent holds its position. With ``start_on_command`` an episode's clock starts at the first
     target set after its reset, so a policy that is slow to come up (model loading on a busy
-    machine) does not lose the first episode's time.
+    machine) does not lose the first episode's time. After an automatic reset the cell ignores targets for
+    ``reset_hold_s`` (:meth:`set_target` returns False): the commands still in flight then were planned
+    for the previous episode's scene, and a policy replanning every Ta steps sends them for up to Ta
+    steps; a hold longer than that (plus inference) lets the new episode start from its own plan.
+    :meth:`reset` (an operator's reset, e.g. between demonstrations) does not hold.
     """
 
     def __init__(
@@ -45,7 +50,10 @@ class PushTCell:
         clock: Callable[[], float] = time.monotonic,
         start_on_command: bool = False,
         auto_reset: bool = True,
+        reset_hold_s: float = 0.0,
     ) -> None:
+        if not reset_hold_s >= 0:
+            raise ValueError(f"reset_hold_s must be >= 0; got {reset_hold_s}")
         self.env = PushTEnv(config)
         self.seed = seed
         self.episode_s = episode_s
@@ -53,18 +61,20 @@ class PushTCell:
         self.clock = clock
         self.start_on_command = start_on_command
         self.auto_reset = auto_reset
+        self.reset_hold_s = reset_hold_s
         self.results: list[CellEpisode] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._start_episode(self.clock())
+        self._start_episode(self.clock(), hold=False)
 
-    def _start_episode(self, now: float) -> None:
+    def _start_episode(self, now: float, hold: bool) -> None:
         self._episode_seed = self.seed + len(self.results)
         obs = self.env.reset(seed=self._episode_seed)
         self._target = obs["agent_pos"].astype(np.float64)
         self._episode_start: float | None = None if self.start_on_command else now
         self._commanded = False
+        self._hold_until = now + self.reset_hold_s if hold else -math.inf
         self._coverage = self._max_coverage = self.env.coverage()
         self._obs = obs
 
@@ -72,13 +82,17 @@ class PushTCell:
     def physics_dt(self) -> float:
         return 1.0 / self.env.config.physics_hz
 
-    def set_target(self, xy: np.ndarray) -> None:
+    def set_target(self, xy: np.ndarray) -> bool:
+        """Follow ``xy`` from now on; False (ignored) while the cell holds after an automatic reset."""
         xy = np.asarray(xy, dtype=np.float64).reshape(-1)[:2]
         if xy.shape != (2,) or not np.all(np.isfinite(xy)):
             raise ValueError(f"target must be 2 finite numbers, got {xy!r}")
         with self._lock:
+            if self.clock() < self._hold_until:
+                return False
             self._target = xy
             self._commanded = True
+        return True
 
     def snapshot(self) -> tuple[dict[str, np.ndarray], float, int]:
         """(latest observation, coverage, episode index), consistent with each other."""
@@ -99,7 +113,7 @@ class PushTCell:
             success = self._coverage > self.env.config.success_threshold
             if not self.auto_reset or (not success and now - self._episode_start < self.episode_s):
                 return None
-            done = self._end_episode(now)
+            done = self._end_episode(now, hold=True)
         if self.on_episode_end:
             self.on_episode_end(done)
         return done
@@ -107,17 +121,17 @@ class PushTCell:
     def reset(self) -> CellEpisode:
         """End the current episode now and start the next one (seed + 1)."""
         with self._lock:
-            done = self._end_episode(self.clock())
+            done = self._end_episode(self.clock(), hold=False)
         if self.on_episode_end:
             self.on_episode_end(done)
         return done
 
-    def _end_episode(self, now: float) -> CellEpisode:
+    def _end_episode(self, now: float, hold: bool) -> CellEpisode:
         success = self._max_coverage > self.env.config.success_threshold
         duration = 0.0 if self._episode_start is None else now - self._episode_start  # None: never commanded
         done = CellEpisode(len(self.results), self._episode_seed, self._max_coverage, duration, success)
         self.results.append(done)
-        self._start_episode(now)
+        self._start_episode(now, hold)
         return done
 
     def score(self) -> float:
