@@ -53,11 +53,16 @@ def run_delayed_episode(
 
 
 def latency_table(
-    policy: DiffusionPolicy, delays_s: list[float], episodes: int, seed: int, replan_steps: int | None = None
+    policy: DiffusionPolicy, delays_s: list[float], episodes: int, seed: int, replan_steps: int | None = None,
+    warm_start: bool = False,
 ) -> list[dict]:
-    """Score for every delay, with and without compensation (one row for delay 0, where they agree)."""
+    """Score for every delay, with and without compensation (one row for delay 0, where they agree).
+
+    A chunk every ``replan_steps`` steps (default: the policy's n_action_steps) from noise, or with
+    ``warm_start`` from the previous chunk: the policy node's defaults.
+    """
     env = PushTEnv(PushTConfig(render_size=96 if policy.cfg.shape_meta.rgb_keys else 0))
-    runner = PolicyRunner(policy, dt=1.0 / env.config.control_hz, seed=seed)
+    runner = PolicyRunner(policy, dt=1.0 / env.config.control_hz, warm_start=warm_start, seed=seed)
     replan = replan_steps or policy.cfg.n_action_steps
     cases = [(delay, compensate) for delay in delays_s for compensate in ([True] if delay == 0 else [True, False])]
     rows = []

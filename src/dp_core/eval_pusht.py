@@ -3,7 +3,7 @@
 ``dp-eval pusht --checkpoint models/pusht_state_unet_small.safetensors --episodes 50 --seed 100000``
 
 Episode ``i`` starts from seed ``seed + i``; the policy runs receding-horizon (a chunk
-every Ta steps, warm-started from the previous one) for at most 300 steps. Score = mean
+every Ta steps, from noise; ``--warm-start``: warm-started from the previous one) for at most 300 steps. Score = mean
 over episodes of the maximum reward, reward = clip(coverage / 0.95, 0, 1).
 """
 
@@ -74,7 +74,7 @@ def evaluate(
     seed: int = 100_000,
     device: str = "auto",
     num_inference_steps: int | None = None,
-    warm_start: bool = True,
+    warm_start: bool = False,
     warm_steps: int | None = None,
     warm_strength: float | None = None,
     max_steps: int = 300,
@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=100_000, help="episode i uses seed + i")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--steps", type=int, default=None, help="denoising steps for cold starts (default: the policy's)")
-    p.add_argument("--no-warm-start", action="store_true", help="always sample from pure noise")
+    p.add_argument("--warm-start", action="store_true",
+                   help="start each chunk from the previous one, re-noised (fewer steps; default: from pure noise)")
     p.add_argument("--warm-steps", type=int, default=None, help="denoising steps of a warm start (default: the policy's)")
     p.add_argument("--warm-strength", type=float, default=None, help="re-noising strength of a warm start, (0, 1]")
     p.add_argument("--max-steps", type=int, default=300)
@@ -167,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     lat.add_argument("--delays", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.4], help="seconds")
     lat.add_argument("--device", default="auto")
     lat.add_argument("--output", default=None, help="write the JSON table here")
+    lat.add_argument("--replan-steps", type=int, default=None,
+                     help="a new chunk every this many steps (default: the policy's n_action_steps, as the policy node)")
+    lat.add_argument("--warm-start", action="store_true", help="start each chunk from the previous one (default: from noise)")
     for sp in (p, lat):
         sp.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: batch-1 inference is fastest so, and does not "
@@ -179,11 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.task == "latency":
+        if args.replan_steps is not None and args.replan_steps < 1:
+            parser.error("--replan-steps must be >= 1")
         return _latency_main(args)
+    if not args.warm_start and (args.warm_steps is not None or args.warm_strength is not None):
+        parser.error("--warm-steps and --warm-strength apply with --warm-start")
     try:
         report = evaluate(
             args.checkpoint, args.episodes, args.seed, args.device, args.steps,
-            not args.no_warm_start, args.warm_steps, args.warm_strength, args.max_steps, args.video_dir,
+            args.warm_start, args.warm_steps, args.warm_strength, args.max_steps, args.video_dir,
             inference=InferenceOptions(fast=not args.reference_inference, backend=args.inference_backend,
                                        precision=args.inference_precision),
         )
@@ -206,7 +214,7 @@ def _latency_main(args: argparse.Namespace) -> int:
     except CheckpointError as exc:
         print(f"dp-eval: error: {exc}", file=sys.stderr)
         return 2
-    rows = latency_table(policy, args.delays, args.episodes, args.seed)
+    rows = latency_table(policy, args.delays, args.episodes, args.seed, args.replan_steps, args.warm_start)
     print("delay_s  steps  compensation  score   mean_max_cov  dropped")
     for r in rows:
         print(f"{r['delay_s']:7.2f}  {r['delay_steps']:5.1f}  {str(r['compensation']):12}  {r['score']:.3f}   "

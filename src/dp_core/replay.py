@@ -4,7 +4,8 @@ The bag's observation messages go, in the order and at the times they were recei
 same decoding (:func:`dp_core.msg_fields.observation_from_msg`), observation buffer and
 :class:`~dp_core.inference.PolicyRunner` (warm start included) as in the live node
 (:class:`~dp_core.control.policy_loop.PolicyLoop`), with the node's parameters read from its parameter
-file. The loop ticks every ``1 / rate_hz`` s of recorded time, as the node's inference thread does.
+file. The loop runs the policy every ``replan_steps * dt`` s of recorded time, and one ``dt`` later
+while it holds, as the node's inference thread does.
 
 Each chunk's executed actions (point ``i`` due at ``stamp + (i + 1) * dt``) are compared with the
 recorded commands on the reference topic (``/robot/servo_target``: pose due at its stamp), linearly
@@ -71,7 +72,7 @@ def replay_bag(bag_path: str | Path, policy: DiffusionPolicy, params: PolicyNode
     by_topic: dict[str, list[tuple[str, str]]] = {}
     for key, (topic, type_name) in used.items():
         by_topic.setdefault(topic, []).append((key, type_name))
-    period = 1.0 / params.rate_hz
+    period = params.replan_period(policy.cfg)
     ref_t: list[float] = []
     ref_v: list[np.ndarray] = []
     with BagReader(bag_path) as bag:
@@ -79,26 +80,27 @@ def replay_bag(bag_path: str | Path, policy: DiffusionPolicy, params: PolicyNode
         types[reference_topic] = ["PoseStamped"]
         bag.require([*by_topic, reference_topic], types)
         result = ReplayResult(start=bag.start_ns * 1e-9)
-        next_tick = result.start + period
+        next_tick = result.start + params.dt  # the first chance to run; then every period
         total = sum(bag.topics[t].count for t in {*by_topic, reference_topic})
 
-        def tick(now: float) -> None:
+        def tick(now: float) -> bool:
+            """True when the policy gave a chunk (next tick one period later), else one control step later."""
             if not window[0] <= now - result.start <= window[1]:
-                return
+                return False
             chunk = loop.tick(now)
             if chunk is None:
                 result.refusals[loop.refusal.kind.value] += 1
-                return
+                return False
             result.stamps.append(chunk.stamp)
             result.chunks.append(chunk.actions[:n_exec])
             result.latencies.append(chunk.latency_s)
             result.warm.append(chunk.warm)
+            return True
 
         for m in tqdm(bag.messages({*by_topic, reference_topic}), total=total, desc="replay", disable=not progress):
             t = m.log_time_ns * 1e-9
             while next_tick < t:
-                tick(next_tick)
-                next_tick += period
+                next_tick += period if tick(next_tick) else params.dt
             if m.topic == reference_topic:
                 ref_t.append(stamp_seconds(m.msg.header.stamp))
                 ref_v.append(position_from_msg(m.msg, params.action_names))

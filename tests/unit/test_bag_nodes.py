@@ -76,8 +76,8 @@ def test_node_parameter_files_load() -> None:
 
 def test_node_parameter_file_errors(tmp_path) -> None:
     bad = tmp_path / "p.yaml"
-    bad.write_text("policy:\n  ros__parameters:\n    rate_hzz: 5.0\n")
-    with pytest.raises(ConfigError, match="policy.ros__parameters.rate_hzz.*did you mean 'rate_hz'"):
+    bad.write_text("policy:\n  ros__parameters:\n    replan_step: 5\n")
+    with pytest.raises(ConfigError, match="policy.ros__parameters.replan_step.*did you mean 'replan_steps'"):
         load_node_params(bad)
     bad.write_text("policy:\n  ros__parameters:\n    obs_types: [PoseArray, Twist]\n")
     with pytest.raises(ConfigError, match=r"obs_types entries \['Twist'\]"):

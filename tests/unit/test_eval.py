@@ -52,10 +52,13 @@ def test_evaluate_report_and_cli(policy: DiffusionPolicy, tmp_path: Path, capsys
 def test_sampler_options_out_of_range_are_errors(policy: DiffusionPolicy, tmp_path: Path, capsys) -> None:
     """--warm-strength 0 or 5 and --steps 0 were taken as 'the policy's value' or used unchecked."""
     path = save_policy(policy, tmp_path / "p.safetensors")
-    for option, message in [(["--warm-strength", "0"], "warm_start_strength must be in"),
-                            (["--warm-strength", "5"], "warm_start_strength must be in"),
+    for option, message in [(["--warm-start", "--warm-strength", "0"], "warm_start_strength must be in"),
+                            (["--warm-start", "--warm-strength", "5"], "warm_start_strength must be in"),
                             (["--steps", "0"], "must be >= 1")]:
         assert main(["pusht", "--checkpoint", str(path), "--episodes", "1", "--max-steps", "4", *option]) == 2
         assert message in capsys.readouterr().err
-    report = evaluate(path, episodes=1, max_steps=4, progress=False, warm_steps=2, warm_strength=0.5)
+    with pytest.raises(SystemExit) as exc:  # warm-start settings without a warm start would be silently unused
+        main(["pusht", "--checkpoint", str(path), "--episodes", "1", "--warm-steps", "4"])
+    assert exc.value.code == 2 and "apply with --warm-start" in capsys.readouterr().err
+    report = evaluate(path, episodes=1, max_steps=4, progress=False, warm_start=True, warm_steps=2, warm_strength=0.5)
     assert report["episodes"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from conftest import REPO, agent_xy, tiny_policy_config, write_cell_bag
 from dp_core.bag_io import BagError, typestore_for
 from dp_core.checkpoint import save_policy
-from dp_core.config import ObsSpec
+from dp_core.config import ConfigError, ObsSpec
 from dp_core.control.policy_params import PolicyNodeParams, load_node_params
 from dp_core.msg_fields import observation_from_msg
 from dp_core.policy import DiffusionPolicy
@@ -28,10 +29,10 @@ def _policy() -> DiffusionPolicy:
 
 def test_replay_runs_the_node_loop_at_recorded_times(tmp_path: Path) -> None:
     bag = write_cell_bag(tmp_path / "bag", seconds=3.0)
-    params = load_node_params(PARAMS)  # obs keys/topics/types, dt, rate, warm start: as the node in the sim cell
+    # obs keys/topics/types, dt, warm start: as the node in the sim cell; a chunk every control step
+    params = dataclasses.replace(load_node_params(PARAMS), replan_steps=1, warm_start=True)
     policy = _policy()
     result = replay_bag(bag, policy, params, progress=False)
-    # ticks every 0.1 s from 0.1 s after the first message to the end: 30 ticks, the first needs 2 steps of history
     # ticks every 0.1 s of receive time from 0.1 s after the first message, and one after the last message
     assert len(result.chunks) == 30 and not result.refusals
     assert result.chunks[0].shape == (8, 2) and not result.warm[0] and all(result.warm[1:])
@@ -47,6 +48,32 @@ def test_replay_runs_the_node_loop_at_recorded_times(tmp_path: Path) -> None:
     assert report["chunks"] == 30 and set(report["action_error"]["per_dim"]) == {"x", "y"}
     assert report["compared_actions"] > 30 * 6 and len(report["action_error"]["rmse_by_step"]) == 8
     assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
+
+
+def test_replay_replans_every_ta_steps_and_retries_a_hold_one_step_later(tmp_path: Path) -> None:
+    """Default replan_steps 0: a chunk every n_action_steps * dt (0.8 s), executed whole; a hold retries at dt."""
+    bag = write_cell_bag(tmp_path / "bag", seconds=4.0, gap=(1.0, 1.75))  # no agent pose from 1.0 to 1.75 s
+    params = load_node_params(PARAMS)
+    assert params.replan_steps == 0 and params.replan_period(_policy().cfg) == pytest.approx(0.8)
+    result = replay_bag(bag, _policy(), params, progress=False)
+    t = np.asarray(result.stamps) - 1000.0  # newest aligned observation of each chunk
+    # ticks (receive time, 2 ms after the stamps) at 0.102, 0.902 s; at 1.702 s the newest pose is 0.98 s (older
+    # than max_obs_age_s 0.25): hold, and try again one dt later, when poses are back: 1.802 s, then 2.602 and
+    # 3.402 s (the newest pose received before each is 20 ms older), and one tick after the last message
+    np.testing.assert_allclose(t, [0.1, 0.9, 1.8, 2.58, 3.38, 4.0], atol=1e-6)
+    assert sum(result.refusals.values()) == 1
+    report = summarize(result, ["x", "y"], params.dt, 0.25)
+    assert len(report["action_error"]["rmse_by_step"]) == 8  # all Ta actions of each chunk are executed
+
+
+def test_replan_steps_is_checked_against_the_policy() -> None:
+    cfg = _policy().cfg  # horizon 16, To 2: a chunk holds 15 actions from the newest observation's step on
+    assert PolicyNodeParams(replan_steps=1).replan_period(cfg) == pytest.approx(0.1)
+    assert PolicyNodeParams(replan_steps=15, dt=0.05).replan_period(cfg) == pytest.approx(0.75)
+    with pytest.raises(ConfigError, match="replan_steps 16 exceeds the 15 actions"):
+        PolicyNodeParams(replan_steps=16).replan_period(cfg)
+    with pytest.raises(ConfigError, match="replan_steps must be >= 0"):
+        PolicyNodeParams(replan_steps=-1).validate()
 
 
 def test_replay_skips_a_malformed_sample_as_the_node_does(tmp_path: Path) -> None:
@@ -66,7 +93,8 @@ def test_replay_skips_a_malformed_sample_as_the_node_does(tmp_path: Path) -> Non
                 lost = ts.types["geometry_msgs/msg/PoseArray"](header=kept.header, poses=[])  # the tracker lost the block
                 writer.write(m.topic, m.log_time_ns + 1000, bytes(ts.serialize_cdr(lost, "geometry_msgs/msg/PoseArray")))
                 inserted = True
-    result = replay_bag(bag, _policy(), load_node_params(PARAMS), progress=False)
+    params = dataclasses.replace(load_node_params(PARAMS), replan_steps=1)
+    result = replay_bag(bag, _policy(), params, progress=False)
     assert result.rejected == {"keypoint": 1} and len(result.chunks) == 30
     assert summarize(result, ["x", "y"], 0.1, 0.25)["rejected_samples"] == {"keypoint": 1}
 
@@ -135,6 +163,6 @@ def test_cli_writes_report_and_plot(tmp_path: Path, capsys: pytest.CaptureFixtur
     out, png = tmp_path / "r.json", tmp_path / "r.png"
     assert main([str(bag), "--checkpoint", str(model), "--params", str(PARAMS), "--plot", str(png), "--output", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["chunks"] == 20 and report["action_error"]["rmse"] > 0
+    assert report["chunks"] == 3 and report["action_error"]["rmse"] > 0  # at 0.1, 0.9, 1.7 s: one every Ta = 8 steps
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "action error MAE/RMSE" in capsys.readouterr().out

@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {  # the Push-T sim cell (pixels); config/pusht_sim.y
     "dt": 0.1,
     "latency_margin": 0.01,
     "lead_time_s": 0.1,  # send each action this long before it is due (one dt)
-    "watchdog_s": 0.5,
+    "watchdog_s": 1.2,  # > the policy's replanning period (Ta * dt = 0.8 s) plus its inference time
     "latency_compensation": True,  # False: schedule from arrival (stamp := now), the no-compensation ablation
     "rate_hz": 200.0,
     "workspace_min": [0.0, 0.0],

@@ -1,8 +1,9 @@
 """Policy node: time-aligned observations in, timestamped action chunks out (docs/interfaces.md).
 
-The executor thread only fills the observation buffer (cheap callbacks); inference runs at
-`rate_hz` in a dedicated thread, so it never blocks the subscriptions. (A multi-threaded rclpy
-executor was measured to slow CPU inference 40-fold through GIL contention.)
+The executor thread only fills the observation buffer (cheap callbacks); inference runs in a
+dedicated thread, so it never blocks the subscriptions, once every `replan_steps` control steps
+(default: the policy's n_action_steps, Ta), and again one step later while it holds. (A multi-threaded
+rclpy executor was measured to slow CPU inference 40-fold through GIL contention.)
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class PolicyNode(Node):
         p.validate()
         if not p.checkpoint:
             raise ValueError("parameter 'checkpoint' is required (a .safetensors policy file)")
-        self.rate_hz, self.dt, self.extra_latency = p.rate_hz, p.dt, p.extra_latency_s
+        self.dt, self.extra_latency = p.dt, p.extra_latency_s
         self.action_names = list(p.action_names)
         checkpoint, device, cpu_threads, max_age = p.checkpoint, p.device, p.cpu_threads, p.max_obs_age_s
         keys, topics = list(p.obs_keys), list(p.obs_topics)
@@ -56,6 +57,7 @@ class PolicyNode(Node):
         policy = load_policy(checkpoint, device)
         cfg = policy.cfg
         used = used_observations(p, cfg.shape_meta)
+        self.period = p.replan_period(cfg)
         runner = PolicyRunner(policy, dt=self.dt, warm_start=p.warm_start, inference=p.inference_options())
         self.get_logger().info(f"warm-up inference ({policy.device}, {policy.inference_options.backend} backend, "
                                f"{'fast' if policy.uses_fast_path else 'reference'} path): {runner.warmup():.2f} s")
@@ -78,7 +80,7 @@ class PolicyNode(Node):
         self.get_logger().info(
             f"policy {checkpoint} on {policy.device} ({'fast' if policy.uses_fast_path else 'reference'} path, "
             f"{p.inference_precision}): {cfg.denoiser} {cfg.kind}, To={cfg.n_obs_steps} "
-            f"Tp={cfg.horizon} Ta={cfg.n_action_steps}, observations {dict(zip(keys, topics))}"
+            f"Tp={cfg.horizon} Ta={cfg.n_action_steps}, a chunk every {self.period:.2f} s, observations {dict(zip(keys, topics))}"
         )
 
     def _make_callback(self, key: str, type_name: str):
@@ -97,16 +99,16 @@ class PolicyNode(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _inference_loop(self) -> None:
-        period = 1.0 / self.rate_hz
         next_t = time.monotonic()
         while not self._stop.is_set() and rclpy.ok():
+            published = False
             try:
-                self._tick()
+                published = self._tick()
             except Exception as exc:  # keep running; a bad sample must not kill the node
                 if self._stop.is_set() or not rclpy.ok():
                     break  # shutting down: the context went away under a publish
                 self.get_logger().error(f"inference failed: {exc!r}", throttle_duration_sec=2.0)
-            next_t += period
+            next_t += self.period if published else self.dt  # holding: try again at the next control step
             delay = next_t - time.monotonic()
             if delay > 0:
                 self._stop.wait(delay)
@@ -117,13 +119,14 @@ class PolicyNode(Node):
         self._stop.set()
         self._thread.join(timeout=2.0)
 
-    def _tick(self) -> None:
+    def _tick(self) -> bool:
+        """Run the policy once; True when a chunk was published."""
         chunk = self.loop.tick(self._now())
         if chunk is None:
             self.stats["refused"] += 1
             self.stats["last_refusal"] = self.loop.refusal.message if self.loop.refusal else ""
             self.get_logger().warn(f"holding: {self.stats['last_refusal']}", throttle_duration_sec=2.0)
-            return
+            return False
         if self.extra_latency > 0:  # artificial delay, for latency-robustness experiments
             time.sleep(self.extra_latency)
         self.chunk_pub.publish(chunk_to_msg(chunk.stamp, chunk.actions, self.action_names, self.dt))
@@ -138,6 +141,7 @@ class PolicyNode(Node):
             f"inference {chunk.latency_s * 1e3:.0f} ms ({'warm' if chunk.warm else 'cold'})",
             throttle_duration_sec=5.0,
         )
+        return True
 
     def _publish_diagnostics(self) -> None:
         s = self.stats

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from ..config import ConfigError, ShapeMeta, from_dict, read_yaml
+from ..config import ConfigError, PolicyConfig, ShapeMeta, from_dict, read_yaml
 from ..fast_inference import InferenceOptions
 from ..msg_fields import OBS_TYPES
 
@@ -19,14 +19,14 @@ from ..msg_fields import OBS_TYPES
 class PolicyNodeParams:
     checkpoint: str = ""
     device: str = "auto"
-    rate_hz: float = 10.0
+    replan_steps: int = 0  # a new chunk every replan_steps * dt; 0: the policy's n_action_steps (Ta, as in the paper)
     dt: float = 0.1
     max_obs_age_s: float = 0.25
     obs_keys: list[str] = field(default_factory=lambda: ["keypoint", "agent_pos"])
     obs_topics: list[str] = field(default_factory=lambda: ["/pusht/keypoints", "/robot/tcp_pose"])
     obs_types: list[str] = field(default_factory=lambda: ["PoseArray", "PoseStamped"])
     action_names: list[str] = field(default_factory=lambda: ["x", "y"])
-    warm_start: bool = True
+    warm_start: bool = False  # True: each chunk from the previous one, re-noised (fewer steps, lower score)
     extra_latency_s: float = 0.0
     chunk_topic: str = "/policy/action_chunk"
     cpu_threads: int = 1
@@ -55,8 +55,19 @@ class PolicyNodeParams:
             raise ConfigError(f"inference_backend must be 'torch', 'onnxruntime' or 'auto'; got {self.inference_backend!r}")
         if self.inference_compile and self.inference_backend == "onnxruntime":
             raise ConfigError("inference_compile applies to the torch backend, not to inference_backend 'onnxruntime'")
-        if self.rate_hz <= 0 or self.dt <= 0 or self.max_obs_age_s <= 0:
-            raise ConfigError(f"rate_hz, dt and max_obs_age_s must be > 0; got {self.rate_hz}, {self.dt}, {self.max_obs_age_s}")
+        if self.dt <= 0 or self.max_obs_age_s <= 0:
+            raise ConfigError(f"dt and max_obs_age_s must be > 0; got {self.dt}, {self.max_obs_age_s}")
+        if self.replan_steps < 0:
+            raise ConfigError(f"replan_steps must be >= 0 (0: the policy's n_action_steps); got {self.replan_steps}")
+
+    def replan_period(self, cfg: PolicyConfig) -> float:
+        """Seconds between chunks for a policy with ``cfg``; ``ConfigError`` if a chunk would run out first."""
+        steps = self.replan_steps or cfg.n_action_steps
+        available = cfg.horizon - cfg.n_obs_steps + 1  # actions from the newest observation's step on
+        if steps > available:
+            raise ConfigError(f"replan_steps {steps} exceeds the {available} actions a chunk of this policy holds "
+                              f"(horizon {cfg.horizon}, n_obs_steps {cfg.n_obs_steps}): execution would run dry")
+        return steps * self.dt
 
 
 def load_node_params(path: str | Path, node: str = "policy") -> PolicyNodeParams:
