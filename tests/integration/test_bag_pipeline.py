@@ -97,8 +97,9 @@ def test_sim_cell_recorded_converted_and_replayed(tmp_path: Path, capsys: pytest
                    "--output", str(report)]) == 0
     result = json.loads(report.read_text())
     print(json.dumps(result, indent=1))
-    # offline, the loop ticks at 10 Hz of recorded time however slowly the live policy ran
-    assert result["chunks"] > 200 and result["compared_actions"] > 100
+    # offline, a chunk every Ta = 8 steps (0.8 s) of recorded time however slowly the live policy ran: >= 37 in
+    # the episode's 30 s, each with its 8 actions compared
+    assert result["chunks"] > 30 and result["compared_actions"] > 200
     assert result["action_error"]["rmse"] < MAX_REPLAY_RMSE
     assert (tmp_path / "r.png").stat().st_size > 10_000
 
