@@ -68,6 +68,15 @@ def read_policy_file(path: str | Path) -> tuple[PolicyConfig, dict[str, torch.Te
     return cfg, tensors, extra
 
 
+def policy_file_extra(path: str | Path) -> dict:
+    """The extra metadata of a policy file (training step, name, recorded cameras ...) without its weights."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("extra", "{}"))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors policy file ({exc})") from exc
+
+
 def _build(path: str | Path, cfg: PolicyConfig, tensors: dict[str, torch.Tensor]) -> DiffusionPolicy:
     """The policy of ``cfg`` with the file's weights (fp16 ones widened); CheckpointError when they do not fit."""
     policy = DiffusionPolicy(cfg)

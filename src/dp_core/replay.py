@@ -32,7 +32,9 @@ from tqdm import tqdm
 
 from .bag_convert import interpolate
 from .bag_io import BagError, BagReader
-from .checkpoint import CheckpointError, load_policy
+from .camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
+from .camera_sources import CameraSource, read_cameras
+from .checkpoint import CheckpointError, load_policy, policy_file_extra
 from .config import ConfigError
 from .control.policy_loop import PolicyLoop
 from .control.policy_params import PolicyNodeParams, load_node_params, used_observations
@@ -58,16 +60,18 @@ class ReplayResult:
 
 def replay_bag(bag_path: str | Path, policy: DiffusionPolicy, params: PolicyNodeParams,
                reference_topic: str = "/robot/servo_target", seed: int | None = 0, progress: bool = True,
-               window: tuple[float, float] = (0.0, float("inf"))) -> ReplayResult:
+               window: tuple[float, float] = (0.0, float("inf")),
+               cameras: dict[str, CameraSource] | None = None) -> ReplayResult:
     """Run ``policy`` over the bag's observations as the policy node with ``params`` would.
 
     ``window``: run the policy only at ticks this many seconds after the bag's start (observations
-    before it still fill the buffer).
+    before it still fill the buffer). ``cameras``: the policy file's recorded cameras (frames of another
+    size are rejected, as the node rejects them with ``check_cameras``).
     """
     used = used_observations(params, policy.cfg.shape_meta)
     runner = PolicyRunner(policy, dt=params.dt, warm_start=params.warm_start, seed=seed,
                           inference=params.inference_options())
-    loop = PolicyLoop(runner, params.dt, params.max_obs_age_s)
+    loop = PolicyLoop(runner, params.dt, params.max_obs_age_s, cameras if params.check_cameras else None)
     n_exec = policy.cfg.n_action_steps
     by_topic: dict[str, list[tuple[str, str]]] = {}
     for key, (topic, type_name) in used.items():
@@ -216,8 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         if params.cpu_threads > 0:
             torch.set_num_threads(params.cpu_threads)  # as the node: latencies are comparable
         policy = load_policy(args.checkpoint, args.device or params.device)
+        cameras = read_cameras(policy_file_extra(args.checkpoint).get(CAMERAS_ATTRIBUTE))
         result = replay_bag(args.bag, policy, params, args.reference_topic, None if args.seed < 0 else args.seed,
-                            window=(args.start, args.stop))
+                            window=(args.start, args.stop), cameras=cameras)
     except (BagError, CheckpointError, ConfigError) as exc:
         print(f"dp-replay: error: {exc}", file=sys.stderr)
         return 1

@@ -26,9 +26,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from .camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
+from .camera_sources import policy_cameras, read_cameras, write_cameras
 from .checkpoint import CheckpointError, load_training_state, resolve_device, save_policy, save_training_state
 from .config import ConfigError, ExperimentConfig, load_config, to_dict
-from .dataset import DatasetError, WindowDataset, build_datasets
+from .dataset import DatasetError, EpisodeStore, WindowDataset, build_datasets
 from .fast_inference import InferenceOptions
 from .policy import DiffusionPolicy
 from .train_graph import GraphCaptureError, GraphedTrainStep, make_capturable
@@ -75,6 +77,9 @@ class Trainer:
         self.train_set, self.val_set, arrays = build_datasets(cfg.data, cfg.policy)
         if len(self.train_set) == 0:
             raise DatasetError(f"{cfg.data.path}: no training windows")
+        # the recorded cameras of the policy's image inputs, for the policy node to check the live ones against
+        recorded = read_cameras(EpisodeStore.open(cfg.data.path).group.attrs.get(CAMERAS_ATTRIBUTE))
+        self.cameras = write_cameras(policy_cameras(recorded, cfg.policy.shape_meta))
         self.policy = DiffusionPolicy(cfg.policy)
         rows = np.unique(self.train_set.indices)  # the normaliser sees the training data only, not validation
         self.policy.normalizer.fit(
@@ -135,7 +140,8 @@ class Trainer:
         self.ema.store(params)
         self.ema.copy_to(params)
         try:
-            return save_policy(self.policy, path, extra={"step": self.step, "name": self.cfg.name})
+            extra = {"step": self.step, "name": self.cfg.name, **({CAMERAS_ATTRIBUTE: self.cameras} if self.cameras else {})}
+            return save_policy(self.policy, path, extra=extra)
         finally:
             self.ema.restore(params)
 

@@ -42,3 +42,22 @@ def test_stale_observations_refused() -> None:
 def test_wrong_low_dim_shape_rejected() -> None:
     with pytest.raises(ValueError, match="pos"):
         _loop().add("pos", 0.0, np.zeros(3, np.float32))
+
+
+def test_frames_from_another_camera_are_refused() -> None:
+    """The recorded camera (dp_core.camera_sources): another frame size or serial is refused, with why."""
+    from dp_core.camera_sources import CameraSource
+
+    torch.manual_seed(0)
+    cfg = tiny_policy_config({"cam": ObsSpec("rgb", [32, 32, 3]), "pos": ObsSpec("low_dim", [2])}, 2)
+    loop = PolicyLoop(PolicyRunner(DiffusionPolicy(cfg), dt=0.1, seed=0), dt=0.1, max_age=0.25,
+                      cameras={"cam": CameraSource(48, 64, "111")})
+    loop.add("cam", 0.0, np.zeros((48, 64, 3), np.uint8))  # the recorded size: resized to 32 x 32 as before
+    with pytest.raises(ValueError, match="'cam': frames are 64x48, recorded at 48x64; .*check_cameras: false"):
+        loop.add("cam", 0.1, np.zeros((64, 48, 3), np.uint8))  # rotated: it would be squashed
+    loop.set_serial("cam", "111")
+    loop.add("cam", 0.1, np.zeros((48, 64, 3), np.uint8))
+    loop.set_serial("cam", "222")  # the other camera's serial on this stream
+    with pytest.raises(ValueError, match="camera serial 222, recorded from 111"):
+        loop.add("cam", 0.2, np.zeros((48, 64, 3), np.uint8))
+    loop.add("pos", 0.1, np.zeros(2, np.float32))  # other observations are not affected

@@ -303,6 +303,39 @@ def test_recorder_refuses_a_dataset_with_other_keys(tmp_path: Path) -> None:
         make_recorder(tmp_path / "r.zarr")
 
 
+def test_recorder_stores_its_cameras_and_refuses_other_ones(tmp_path: Path) -> None:
+    """Native frame size and serial go with the dataset; a later episode from another camera is refused."""
+    path = tmp_path / "r.zarr"
+    rec = make_recorder(path)
+    with pytest.raises(ValueError, match="not an image stream"):
+        rec.set_serial("keypoint", "1")
+    feed(rec, 0.0, 0)  # 16 x 12 frames, stored at 8 x 6
+    rec.start(0.0)
+    rec.tick(0.1)
+    feed(rec, 0.11, 1)
+    rec.stop(0.2)
+    assert zarr.open_group(str(path), mode="r").attrs["cameras"] == {"img": {"height": 16, "width": 12, "serial": ""}}
+    rec = make_recorder(path)  # a restart, now with the camera node's serial: filled in at the next commit
+    rec.set_serial("img", "123")
+    feed(rec, 1.0, 2)
+    rec.start(1.0)
+    rec.tick(1.1)
+    feed(rec, 1.11, 3)
+    rec.stop(1.2)
+    assert zarr.open_group(str(path), mode="r").attrs["cameras"]["img"]["serial"] == "123"
+    rec.set_serial("img", "456")  # the other camera on this stream
+    feed(rec, 2.0, 4)
+    with pytest.raises(RecorderError, match="img: camera serial 456, recorded from 123"):
+        rec.start(2.0)
+    rec = make_recorder(path)  # restarted with the camera at another resolution
+    rec.observe("keypoint", np.zeros(4), 2.0)
+    rec.observe("img", np.zeros((18, 12, 3), np.uint8), 2.0)
+    rec.command(np.zeros(2), 2.0)
+    with pytest.raises(RecorderError, match="img: frames are 18x12, recorded at 16x12"):
+        rec.start(2.0)
+    assert EpisodeStore.open(path).n_episodes == 2
+
+
 def test_videos_hold_exactly_the_recorded_steps(tmp_path: Path) -> None:
     import imageio.v2 as imageio
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import zarr
 
 from conftest import REPO, experiment, tiny_policy_config, write_episodes
-from dp_core.checkpoint import load_policy, load_training_state
+from dp_core.checkpoint import load_policy, load_training_state, policy_file_extra
 from dp_core.config import ConfigError, ObsSpec
 from dp_core.dataset import build_datasets, split_episodes
 from dp_core.train import Trainer, main, train
@@ -277,6 +278,9 @@ def test_real_cell_config_trains_on_what_the_real_recorder_writes(tmp_path: Path
         ep["action"] = rng.normal(size=(n, len(rec["action_names"]))).astype(np.float32)
         episodes.append(ep)
     data = write_episodes(tmp_path / "ur5.zarr", episodes)
+    recorded = {"camera_0": {"height": 480, "width": 640, "serial": "111"},  # as the recorder stores them
+                "camera_1": {"height": 480, "width": 640, "serial": "222"}}
+    zarr.open_group(str(data), mode="a").attrs["cameras"] = recorded
     cfg = load_config(REPO / "config" / "ur5_image_unet.yaml",
                       [f"data.path={data}", f"train.output_dir={tmp_path / 'run'}", "train.device=cpu",
                        "train.batch_size=2", "train.num_steps=1", "policy.unet.down_dims=[16,32,64]"])
@@ -284,6 +288,9 @@ def test_real_cell_config_trains_on_what_the_real_recorder_writes(tmp_path: Path
     assert np.isfinite(trainer.train_step())
     used = used_observations(load_node_params(REPO / "config" / "ur5_real.yaml"), cfg.policy.shape_meta)
     assert set(used) == {"camera_0", "camera_1", "robot_eef_pos"}
+    # the policy file carries the recorded cameras, by observation key, for the policy node's check
+    extra = policy_file_extra(trainer.save_ema_policy(tmp_path / "p.safetensors"))
+    assert extra["cameras"] == {key: recorded[cfg.policy.shape_meta.obs[key].source] for key in ("camera_0", "camera_1")}
 
 
 def test_resume_changes_ignore_settings_one_version_lacks() -> None:

@@ -8,7 +8,9 @@ through the crash-safe :class:`dp_core.recording.EpisodeWriter` (zarr v3, ``meta
 committed last; a restart repairs and appends). Observation messages are converted and paired in time as
 the policy node does it, so a policy trained on the recording reads the same values when deployed.
 After each stop or discard, the Trigger services in ``after_episode_services`` are called in order
-(e.g. reset the simulated cell, resync teleop).
+(e.g. reset the simulated cell, resync teleop). The serial of each camera comes from the camera node's
+``/diagnostics`` (status ``<node>: camera_<i>`` for ``/camera_<i>/...``) and is stored with the dataset's
+cameras (:mod:`dp_core.camera_sources`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from std_srvs.srv import Trigger
 
 from dp_bringup.node_runner import check_parameters, diagnostic_status, publish_diagnostics, run_node
 from dp_bringup.ros_conversions import POSITION_AXES, stamp_to_seconds
+from dp_core.camera_sources import camera_name, serials_from_statuses
 from dp_core.msg_fields import image_to_numpy, low_dim_from_msg
 from dp_core.recording import EpisodeRecorder, EpisodeWriter, RecorderError, StreamSpec
 from dp_core.teleop import ButtonEdges
@@ -94,6 +97,9 @@ class DemoRecorderNode(Node):
         for key, topic, type_name, spec in zip(keys, topics, types, streams):
             self.create_subscription(MSG_TYPES[type_name], topic, partial(self._on_obs, key, spec), qos_profile_sensor_data)
         self.create_subscription(PoseStamped, p["action_topic"], self._on_action, 10)
+        self._image_cameras = {key: camera_name(topic) for key, topic, t in zip(keys, topics, types) if t == "Image"}
+        if self._image_cameras:
+            self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.create_subscription(Joy, p["buttons_topic"], self._on_buttons, 10)
         self.create_service(Trigger, "~/start", self._srv(self._start))
         self.create_service(Trigger, "~/stop", self._srv(self._stop))
@@ -118,6 +124,12 @@ class DemoRecorderNode(Node):
         except (ValueError, TypeError) as exc:
             self._bad_messages += 1
             self.get_logger().error(f"ignored {key} message: {exc}", throttle_duration_sec=2.0)
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        serials = serials_from_statuses((s.name, s.hardware_id) for s in msg.status)
+        for key, camera in self._image_cameras.items():
+            if camera in serials:
+                self.recorder.set_serial(key, serials[camera])
 
     def _on_action(self, msg: PoseStamped) -> None:
         p = msg.pose.position

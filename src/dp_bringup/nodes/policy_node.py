@@ -28,7 +28,9 @@ from trajectory_msgs.msg import JointTrajectory
 
 from dp_bringup.node_runner import check_parameters, diagnostic_status, publish_diagnostics, run_node
 from dp_bringup.ros_conversions import chunk_to_msg
-from dp_core.checkpoint import CheckpointError, load_policy
+from dp_core.camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
+from dp_core.camera_sources import camera_name, read_cameras, serials_from_statuses
+from dp_core.checkpoint import CheckpointError, load_policy, policy_file_extra
 from dp_core.control.policy_loop import PolicyLoop
 from dp_core.control.policy_params import PolicyNodeParams, used_observations
 from dp_core.inference import PolicyRunner
@@ -61,7 +63,15 @@ class PolicyNode(Node):
         runner = PolicyRunner(policy, dt=self.dt, warm_start=p.warm_start, inference=p.inference_options())
         self.get_logger().info(f"warm-up inference ({policy.device}, {policy.inference_options.backend} backend, "
                                f"{'fast' if policy.uses_fast_path else 'reference'} path): {runner.warmup():.2f} s")
-        self.loop = PolicyLoop(runner, self.dt, max_age)
+        cameras = read_cameras(policy_file_extra(checkpoint).get(CAMERAS_ATTRIBUTE)) if p.check_cameras else {}
+        self.loop = PolicyLoop(runner, self.dt, max_age, cameras)
+        self._image_cameras = {key: camera_name(topic) for key, (topic, type_name) in used.items()
+                               if type_name == "Image" and key in cameras and cameras[key].serial}
+        if self._image_cameras:  # the camera node names each camera's serial in its diagnostics
+            self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        for key, cam in cameras.items():
+            self.get_logger().info(f"observation '{key}': recorded from a {cam.height}x{cam.width} camera"
+                                   f"{f' (serial {cam.serial})' if cam.serial else ''}; other cameras are refused")
         for key, topic in zip(keys, topics):
             if key not in used:
                 self.get_logger().info(f"observation '{key}' on {topic} is not used by this policy")
@@ -94,6 +104,12 @@ class PolicyNode(Node):
                 self.get_logger().error(f"rejected a sample of '{key}': {exc}", throttle_duration_sec=2.0)
 
         return callback
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        serials = serials_from_statuses((s.name, s.hardware_id) for s in msg.status)
+        for key, camera in self._image_cameras.items():
+            if camera in serials:
+                self.loop.set_serial(key, serials[camera])
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..camera_sources import CameraSource
 from ..inference import PolicyRunner
 from .obs_buffer import ObsBuffer, Refusal
 
@@ -26,16 +27,33 @@ class PolicyLoop:
     """Buffers samples per observation key and runs the policy on the aligned To-step window.
 
     Thread-safe: sensor callbacks may ``add`` while another thread runs ``tick``.
+    ``cameras``: the recorded camera of image observations (:mod:`dp_core.camera_sources`); frames of
+    another native size, or from a camera whose serial (:meth:`set_serial`) differs, are refused.
     """
 
-    def __init__(self, runner: PolicyRunner, dt: float, max_age: float) -> None:
+    def __init__(self, runner: PolicyRunner, dt: float, max_age: float,
+                 cameras: dict[str, CameraSource] | None = None) -> None:
         cfg = runner.policy.cfg
         self.runner = runner
         self.dt = dt
         self.specs = cfg.shape_meta.obs
         self.n_obs_steps = cfg.n_obs_steps
         self.buffer = ObsBuffer(list(self.specs), cfg.n_obs_steps, dt, max_age)
+        self.cameras = dict(cameras or {})
+        self._serials: dict[str, str] = {}
         self._lock = threading.Lock()
+
+    def set_serial(self, key: str, serial: str) -> None:
+        """The serial of the camera now behind image observation ``key`` (from the camera node's diagnostics)."""
+        self._serials[key] = serial
+
+    def camera_mismatch(self, key: str, height: int, width: int) -> str | None:
+        """Why frames of ``height`` x ``width`` on ``key`` are not from the recorded camera (None: they are)."""
+        if key not in self.cameras:
+            return None
+        why = self.cameras[key].mismatch(CameraSource(height, width, self._serials.get(key, "")))
+        return None if why is None else (f"observation '{key}': {why}; the policy was trained on the recorded "
+                                         "camera (restore it, or set check_cameras: false)")
 
     @property
     def refusal(self) -> Refusal | None:
@@ -46,6 +64,9 @@ class PolicyLoop:
         spec = self.specs[key]
         value = np.asarray(value)
         if spec.type == "rgb":
+            why = self.camera_mismatch(key, *value.shape[:2])
+            if why:
+                raise ValueError(why)
             h, w = spec.shape[:2]
             if value.shape[:2] != (h, w):
                 value = cv2.resize(value, (w, h), interpolation=cv2.INTER_AREA)

@@ -36,6 +36,7 @@ class PolicyNodeParams:
     cuda_graph: bool = True  # capture noise-free sampling on CUDA
     inference_compile: bool = False  # torch.compile the encoder and UNet step (torch backend; compiled in the warm-up)
     inference_backend: str = "auto"  # torch | onnxruntime (the UNet step in ONNX Runtime, CPU) | auto: ORT on a CPU
+    check_cameras: bool = True  # refuse frames from a camera unlike the recorded one (size, serial; dp_core.camera_sources)
 
     def inference_options(self) -> InferenceOptions:
         return InferenceOptions(fast=self.fast_inference, precision=self.inference_precision, cuda_graph=self.cuda_graph,

@@ -14,6 +14,8 @@ goes on after such a gap, and training windows do not span it (:func:`dp_core.da
 episodes where their ``timestamp`` steps are uneven).
 
 Keys written per step: each stream's key, ``action`` and ``timestamp`` (the tick's time, seconds).
+Each image stream's camera (native frame size, serial when known) is stored with the dataset
+(:mod:`dp_core.camera_sources`); an episode whose cameras differ from the dataset's is refused.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from ..camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
+from ..camera_sources import CameraSource, read_cameras, write_cameras
 from ..control.obs_buffer import ObsBuffer
 from .episode_writer import EpisodeWriter
 
@@ -110,6 +114,8 @@ class EpisodeRecorder:
         self.max_age_s = max_age_s
         self.video_dir = None if video_dir is None else Path(video_dir)
         self._samples = ObsBuffer(keys, n_obs_steps=1, dt=dt, max_age=max_age_s)  # the policy node's alignment
+        self._native: dict[str, tuple[int, int]] = {}  # image stream -> (height, width) of its newest frame
+        self._serials: dict[str, str] = {}  # image stream -> serial of its camera, when known
         self._action: tuple[np.ndarray, float] | None = None
         self._pending: dict[str, np.ndarray] | None = None
         self._pending_frames: dict[str, np.ndarray] = {}
@@ -143,7 +149,23 @@ class EpisodeRecorder:
                 raise ValueError(f"stream {key}: need {spec.dim} finite values, got {value.tolist()}")
         elif value.ndim != 3 or value.shape[2] != 3 or value.dtype != np.uint8:
             raise ValueError(f"stream {key}: need an H x W x 3 uint8 image, got {value.shape} {value.dtype}")
+        else:
+            self._native[key] = value.shape[:2]
         self._samples.add(key, stamp, value)
+
+    def set_serial(self, key: str, serial: str) -> None:
+        """The serial of the camera behind image stream ``key`` (stored with the dataset's cameras)."""
+        if key not in self.streams or self.streams[key].kind != "image":
+            raise ValueError(f"{key!r} is not an image stream; image streams: "
+                             f"{[k for k, s in self.streams.items() if s.kind == 'image']}")
+        self._serials[key] = serial
+
+    def cameras(self) -> dict[str, CameraSource]:
+        """The camera of each image stream that has delivered a frame: native size and serial."""
+        return {key: CameraSource(*hw, self._serials.get(key, "")) for key, hw in self._native.items()}
+
+    def _recorded_cameras(self) -> dict[str, CameraSource]:
+        return read_cameras(self.writer.group.attrs.get(CAMERAS_ATTRIBUTE))
 
     def command(self, action: np.ndarray, stamp: float) -> None:
         """The newest commanded target (``action_dim`` values) sent at ``stamp``."""
@@ -168,6 +190,12 @@ class EpisodeRecorder:
         stale = self.stale_inputs(now)
         if stale:
             raise RecorderError(f"not starting: no recent data (within {self.max_age_s} s) from {', '.join(stale)}")
+        recorded = self._recorded_cameras()
+        for key, live in self.cameras().items():
+            why = recorded[key].mismatch(live) if key in recorded else None
+            if why:
+                raise RecorderError(f"not starting: {key}: {why} in the episodes already in {self.writer.path}; "
+                                    "record into a new dataset, or restore the cameras")
         self.writer.begin()
         self._pending, self._start, self._dropped, self._stale = None, now, 0, {}
         if self.video_dir is not None:
@@ -208,6 +236,9 @@ class EpisodeRecorder:
             self.discard()
             raise RecorderError(f"episode {index} had no complete step (stale inputs: {self._stale}); discarded")
         steps = self.writer.commit()
+        recorded = self._recorded_cameras()
+        cameras = {key: recorded[key].merged(live) if key in recorded else live for key, live in self.cameras().items()}
+        self.writer.group.attrs[CAMERAS_ATTRIBUTE] = write_cameras({**recorded, **cameras})
         videos = self._close_videos(keep=index)
         return EpisodeSummary(index, steps, now - self._start, self._dropped, dict(self._stale), videos)
 

@@ -1,0 +1,79 @@
+"""Which camera each image stream was recorded from: its native frame size and device serial.
+
+The demonstration recorder stores them in the dataset (attribute ``cameras``, by dataset key), dp-train
+carries them into the policy file (extra ``cameras``, by observation key), and the policy node refuses
+frames that do not match: frames of another size would be resized (squashed) into the policy's input,
+and cameras whose serials were swapped in a launch argument swap the policy's views, both silently.
+A serial is known on the real cell (the camera node's diagnostics name it); the simulated cameras have none.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+
+from .config import ShapeMeta
+
+ATTRIBUTE = "cameras"  # dataset attribute and policy-file extra key
+_CAMERA_STATUS = re.compile(r": (camera_\d+)$")  # the camera node's diagnostic status names: "<node>: camera_<i>"
+
+
+@dataclass(frozen=True)
+class CameraSource:
+    height: int  # native frame size, before any resizing
+    width: int
+    serial: str = ""  # "" when unknown
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> CameraSource:
+        return cls(int(data["height"]), int(data["width"]), str(data.get("serial", "")))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def mismatch(self, live: CameraSource) -> str | None:
+        """Why ``live`` is not this camera (None when it is); serials count only when both are known."""
+        if (live.height, live.width) != (self.height, self.width):
+            return f"frames are {live.height}x{live.width}, recorded at {self.height}x{self.width}"
+        if self.serial and live.serial and live.serial != self.serial:
+            return f"camera serial {live.serial}, recorded from {self.serial} (cameras swapped or replaced?)"
+        return None
+
+    def merged(self, later: CameraSource) -> CameraSource:
+        """This record with a serial learnt later filled in."""
+        return CameraSource(self.height, self.width, self.serial or later.serial)
+
+
+def read_cameras(data: Mapping | None) -> dict[str, CameraSource]:
+    """``{key: CameraSource}`` from a dataset attribute or policy-file extra (absent: empty)."""
+    return {key: CameraSource.from_dict(value) for key, value in (data or {}).items()}
+
+
+def write_cameras(cameras: Mapping[str, CameraSource]) -> dict[str, dict]:
+    return {key: cam.to_dict() for key, cam in cameras.items()}
+
+
+def policy_cameras(dataset_cameras: Mapping[str, CameraSource], shape_meta: ShapeMeta) -> dict[str, CameraSource]:
+    """The recorded cameras of the policy's image observations, by observation key (dataset key = ``source``)."""
+    out = {}
+    for key in shape_meta.rgb_keys:
+        source = shape_meta.obs[key].source or key
+        if source in dataset_cameras:
+            out[key] = dataset_cameras[source]
+    return out
+
+
+def camera_name(topic: str) -> str:
+    """The camera a topic belongs to: its first name, ``/camera_0/color/image_raw`` -> ``camera_0``."""
+    return topic.strip("/").split("/")[0]
+
+
+def serials_from_statuses(statuses: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """``{camera name: serial}`` from (status name, hardware id) pairs of ``/diagnostics``."""
+    out = {}
+    for name, hardware_id in statuses:
+        match = _CAMERA_STATUS.search(name)
+        if match and hardware_id:
+            out[match.group(1)] = hardware_id
+    return out

@@ -1,0 +1,34 @@
+"""Recorded cameras: what a mismatch is, and how dataset keys, topics and diagnostics map to them."""
+
+from __future__ import annotations
+
+from dp_core.camera_sources import (CameraSource, camera_name, policy_cameras, read_cameras,
+                                    serials_from_statuses, write_cameras)
+from dp_core.config import ActionSpec, ObsSpec, ShapeMeta
+
+
+def test_mismatch_compares_size_and_known_serials() -> None:
+    cam = CameraSource(480, 640, "111")
+    assert cam.mismatch(CameraSource(480, 640, "111")) is None
+    assert cam.mismatch(CameraSource(480, 640, "")) is None  # serial not (yet) known live: size decides
+    assert CameraSource(480, 640).mismatch(CameraSource(480, 640, "9")) is None  # none recorded (simulated camera)
+    assert cam.mismatch(CameraSource(720, 1280, "111")) == "frames are 720x1280, recorded at 480x640"
+    assert "camera serial 222, recorded from 111" in cam.mismatch(CameraSource(480, 640, "222"))
+    assert CameraSource(480, 640).merged(CameraSource(480, 640, "7")).serial == "7"
+    assert cam.merged(CameraSource(480, 640, "7")).serial == "111"
+    assert read_cameras(write_cameras({"a": cam})) == {"a": cam} and read_cameras(None) == {}
+
+
+def test_policy_cameras_follow_the_observation_sources() -> None:
+    meta = ShapeMeta(obs={"front": ObsSpec("rgb", [96, 96, 3], source="camera_1"), "pos": ObsSpec("low_dim", [2]),
+                          "camera_0": ObsSpec("rgb", [96, 96, 3])}, action=ActionSpec(dim=2))
+    recorded = {"camera_0": CameraSource(480, 640, "111"), "camera_1": CameraSource(480, 640, "222")}
+    assert policy_cameras(recorded, meta) == {"front": recorded["camera_1"], "camera_0": recorded["camera_0"]}
+    assert policy_cameras({}, meta) == {}
+
+
+def test_camera_names_from_topics_and_diagnostics() -> None:
+    assert camera_name("/camera_1/color/image_raw") == "camera_1"
+    statuses = [("realsense: camera_0", "111"), ("realsense: camera_1", "222"), ("policy", ""),
+                ("realsense: camera_2", ""), ("ur_driver: camera_3x", "9")]
+    assert serials_from_statuses(statuses) == {"camera_0": "111", "camera_1": "222"}
