@@ -64,6 +64,9 @@ def latency_table(
     env = PushTEnv(PushTConfig(render_size=96 if policy.cfg.shape_meta.rgb_keys else 0))
     runner = PolicyRunner(policy, dt=1.0 / env.config.control_hz, warm_start=warm_start, seed=seed)
     replan = replan_steps or policy.cfg.n_action_steps
+    available = policy.cfg.horizon - policy.cfg.n_obs_steps + 1
+    if not 1 <= replan <= available:
+        raise ValueError(f"replan_steps must be 1 to {available} (the actions a chunk holds); got {replan}")
     cases = [(delay, compensate) for delay in delays_s for compensate in ([True] if delay == 0 else [True, False])]
     rows = []
     progress = tqdm(total=len(cases) * episodes, desc="latency table", unit="episode")

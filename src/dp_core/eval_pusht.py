@@ -214,7 +214,11 @@ def _latency_main(args: argparse.Namespace) -> int:
     except CheckpointError as exc:
         print(f"dp-eval: error: {exc}", file=sys.stderr)
         return 2
-    rows = latency_table(policy, args.delays, args.episodes, args.seed, args.replan_steps, args.warm_start)
+    try:
+        rows = latency_table(policy, args.delays, args.episodes, args.seed, args.replan_steps, args.warm_start)
+    except ValueError as exc:
+        print(f"dp-eval: error: {exc}", file=sys.stderr)
+        return 2
     print("delay_s  steps  compensation  score   mean_max_cov  dropped")
     for r in rows:
         print(f"{r['delay_s']:7.2f}  {r['delay_steps']:5.1f}  {str(r['compensation']):12}  {r['score']:.3f}   "

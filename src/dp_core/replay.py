@@ -2,7 +2,7 @@
 
 The bag's observation messages go, in the order and at the times they were received, through the
 same decoding (:func:`dp_core.msg_fields.observation_from_msg`), observation buffer and
-:class:`~dp_core.inference.PolicyRunner` (warm start included) as in the live node
+:class:`~dp_core.inference.PolicyRunner` (warm start when the parameters ask for it) as in the live node
 (:class:`~dp_core.control.policy_loop.PolicyLoop`), with the node's parameters read from its parameter
 file. The loop runs the policy every ``replan_steps * dt`` s of recorded time, and one ``dt`` later
 while it holds, as the node's inference thread does.
@@ -72,7 +72,7 @@ def replay_bag(bag_path: str | Path, policy: DiffusionPolicy, params: PolicyNode
     runner = PolicyRunner(policy, dt=params.dt, warm_start=params.warm_start, seed=seed,
                           inference=params.inference_options())
     loop = PolicyLoop(runner, params.dt, params.max_obs_age_s, cameras if params.check_cameras else None)
-    n_exec = policy.cfg.n_action_steps
+    n_exec = params.replan_steps or policy.cfg.n_action_steps  # executed before the next chunk replaces them
     by_topic: dict[str, list[tuple[str, str]]] = {}
     for key, (topic, type_name) in used.items():
         by_topic.setdefault(topic, []).append((key, type_name))

@@ -79,6 +79,9 @@ def test_node_parameter_file_errors(tmp_path) -> None:
     bad.write_text("policy:\n  ros__parameters:\n    replan_step: 5\n")
     with pytest.raises(ConfigError, match="policy.ros__parameters.replan_step.*did you mean 'replan_steps'"):
         load_node_params(bad)
+    bad.write_text("policy:\n  ros__parameters:\n    rate_hz: 10.0\n")  # a file from before replan_steps
+    with pytest.raises(ConfigError, match="'rate_hz' was replaced by replan_steps"):
+        load_node_params(bad)
     bad.write_text("policy:\n  ros__parameters:\n    obs_types: [PoseArray, Twist]\n")
     with pytest.raises(ConfigError, match=r"obs_types entries \['Twist'\]"):
         load_node_params(bad)

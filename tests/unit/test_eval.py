@@ -60,5 +60,10 @@ def test_sampler_options_out_of_range_are_errors(policy: DiffusionPolicy, tmp_pa
     with pytest.raises(SystemExit) as exc:  # warm-start settings without a warm start would be silently unused
         main(["pusht", "--checkpoint", str(path), "--episodes", "1", "--warm-steps", "4"])
     assert exc.value.code == 2 and "apply with --warm-start" in capsys.readouterr().err
+    # a chunk holds horizon - n_obs_steps + 1 = 15 actions: replanning less often would run execution dry
+    assert main(["latency", "--checkpoint", str(path), "--episodes", "1", "--replan-steps", "16"]) == 2
+    assert "replan_steps must be 1 to 15" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["latency", "--checkpoint", str(path), "--replan-steps", "0"])
     report = evaluate(path, episodes=1, max_steps=4, progress=False, warm_start=True, warm_steps=2, warm_strength=0.5)
     assert report["episodes"] == 1

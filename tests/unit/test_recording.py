@@ -323,6 +323,10 @@ def test_recorder_stores_its_cameras_and_refuses_other_ones(tmp_path: Path) -> N
     feed(rec, 1.11, 3)
     rec.stop(1.2)
     assert zarr.open_group(str(path), mode="r").attrs["cameras"]["img"]["serial"] == "123"
+    rec = make_recorder(path)  # restarted: the camera node has not named the serial yet
+    feed(rec, 2.0, 4)
+    with pytest.raises(RecorderError, match="serial is not known yet"):
+        rec.start(2.0)
     rec.set_serial("img", "456")  # the other camera on this stream
     feed(rec, 2.0, 4)
     with pytest.raises(RecorderError, match="img: camera serial 456, recorded from 123"):

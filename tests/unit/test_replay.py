@@ -35,7 +35,8 @@ def test_replay_runs_the_node_loop_at_recorded_times(tmp_path: Path) -> None:
     result = replay_bag(bag, policy, params, progress=False)
     # ticks every 0.1 s of receive time from 0.1 s after the first message, and one after the last message
     assert len(result.chunks) == 30 and not result.refusals
-    assert result.chunks[0].shape == (8, 2) and not result.warm[0] and all(result.warm[1:])
+    # each chunk's first action runs before the next chunk replaces the rest
+    assert result.chunks[0].shape == (1, 2) and not result.warm[0] and all(result.warm[1:])
     # each chunk is stamped with the newest aligned observation: the last agent pose received before the tick
     steps = np.diff(result.stamps)
     assert np.all((steps > 0.079) & (steps < 0.121)), steps
@@ -46,7 +47,7 @@ def test_replay_runs_the_node_loop_at_recorded_times(tmp_path: Path) -> None:
     assert len(part.chunks) == 10 and part.stamps[0] == pytest.approx(result.stamps[9])
     report = summarize(result, ["x", "y"], params.dt, 0.25)
     assert report["chunks"] == 30 and set(report["action_error"]["per_dim"]) == {"x", "y"}
-    assert report["compared_actions"] > 30 * 6 and len(report["action_error"]["rmse_by_step"]) == 8
+    assert report["compared_actions"] >= 29 and len(report["action_error"]["rmse_by_step"]) == 1
     assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
 
 

@@ -32,7 +32,7 @@ from dp_core.camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
 from dp_core.camera_sources import camera_name, read_cameras, serials_from_statuses
 from dp_core.checkpoint import CheckpointError, load_policy, policy_file_extra
 from dp_core.control.policy_loop import PolicyLoop
-from dp_core.control.policy_params import PolicyNodeParams, used_observations
+from dp_core.control.policy_params import PolicyNodeParams, check_renamed, used_observations
 from dp_core.inference import PolicyRunner
 from dp_core.msg_fields import observation_from_msg
 
@@ -43,6 +43,7 @@ class PolicyNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("policy", **kwargs)
         defaults = PolicyNodeParams()
+        check_renamed(self._parameter_overrides)  # an older parameter file: say what replaced it
         p = PolicyNodeParams(**{f.name: self.declare_parameter(f.name, getattr(defaults, f.name)).value
                                 for f in dataclasses.fields(PolicyNodeParams)})
         check_parameters(self)
@@ -60,6 +61,9 @@ class PolicyNode(Node):
         cfg = policy.cfg
         used = used_observations(p, cfg.shape_meta)
         self.period = p.replan_period(cfg)
+        if self.period >= 1.0:
+            self.get_logger().warning(f"a chunk every {self.period:.2f} s: the executor's watchdog_s (default 1.2 s) "
+                                      "must exceed that plus inference, or it stops the robot between chunks")
         runner = PolicyRunner(policy, dt=self.dt, warm_start=p.warm_start, inference=p.inference_options())
         self.get_logger().info(f"warm-up inference ({policy.device}, {policy.inference_options.backend} backend, "
                                f"{'fast' if policy.uses_fast_path else 'reference'} path): {runner.warmup():.2f} s")
@@ -99,8 +103,9 @@ class PolicyNode(Node):
         def callback(msg) -> None:
             try:
                 self.loop.add(key, *observation_from_msg(msg, type_name, spec))  # the decoding bag replay uses
-            except ValueError as exc:  # a malformed sample (wrong size, encoding, non-finite stamp): skip it
+            except ValueError as exc:  # a malformed sample (wrong size, encoding, non-finite stamp, other camera): skip it
                 self.stats["rejected_samples"] += 1
+                self.stats["last_refusal"] = str(exc)
                 self.get_logger().error(f"rejected a sample of '{key}': {exc}", throttle_duration_sec=2.0)
 
         return callback

@@ -51,7 +51,7 @@ class PushTSimNode(Node):
             "command_topic": self.declare_parameter("command_topic", "/robot/servo_target").value,
             "report_path": self.declare_parameter("report_path", "").value,
             "auto_reset": self.declare_parameter("auto_reset", True).value,
-            "reset_hold_s": self.declare_parameter("reset_hold_s", 1.0).value,
+            "reset_hold_s": self.declare_parameter("reset_hold_s", 1.5).value,
         }
         check_parameters(self)
         self.p = p

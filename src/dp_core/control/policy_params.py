@@ -15,6 +15,17 @@ from ..fast_inference import InferenceOptions
 from ..msg_fields import OBS_TYPES
 
 
+# parameters an older parameter file may still set, and what replaced them
+RENAMED = {"rate_hz": "replan_steps (a chunk every replan_steps * dt; 0: the policy's n_action_steps, Ta)"}
+
+
+def check_renamed(names) -> None:
+    """Raise ``ConfigError`` naming the replacement of any renamed parameter in ``names``."""
+    old = [f"'{n}' was replaced by {RENAMED[n]}" for n in names if n in RENAMED]
+    if old:
+        raise ConfigError("policy parameters: " + "; ".join(old))
+
+
 @dataclass
 class PolicyNodeParams:
     checkpoint: str = ""
@@ -79,6 +90,7 @@ def load_node_params(path: str | Path, node: str = "policy") -> PolicyNodeParams
     if not isinstance(section, dict) or "ros__parameters" not in section:
         raise ConfigError(f"{path}: no '{node}: ros__parameters:' section")
     try:
+        check_renamed(section["ros__parameters"] or {})
         params = from_dict(PolicyNodeParams, section["ros__parameters"], f"{node}.ros__parameters")
         params.validate()
     except ConfigError as exc:

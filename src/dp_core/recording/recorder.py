@@ -193,6 +193,9 @@ class EpisodeRecorder:
         recorded = self._recorded_cameras()
         for key, live in self.cameras().items():
             why = recorded[key].mismatch(live) if key in recorded else None
+            if why is None and key in recorded and recorded[key].serial and not live.serial:
+                why = (f"recorded from camera serial {recorded[key].serial}, and this camera's serial is not known "
+                       "yet (the camera node names it in /diagnostics about once a second)")
             if why:
                 raise RecorderError(f"not starting: {key}: {why} in the episodes already in {self.writer.path}; "
                                     "record into a new dataset, or restore the cameras")
@@ -235,10 +238,10 @@ class EpisodeRecorder:
         if self.writer.episode_steps == 0:
             self.discard()
             raise RecorderError(f"episode {index} had no complete step (stale inputs: {self._stale}); discarded")
-        steps = self.writer.commit()
-        recorded = self._recorded_cameras()
+        recorded = self._recorded_cameras()  # before the commit: a committed episode always has its cameras
         cameras = {key: recorded[key].merged(live) if key in recorded else live for key, live in self.cameras().items()}
         self.writer.group.attrs[CAMERAS_ATTRIBUTE] = write_cameras({**recorded, **cameras})
+        steps = self.writer.commit()
         videos = self._close_videos(keep=index)
         return EpisodeSummary(index, steps, now - self._start, self._dropped, dict(self._stale), videos)
 
