@@ -33,10 +33,14 @@ class CameraSource:
         return asdict(self)
 
     def mismatch(self, live: CameraSource) -> str | None:
-        """Why ``live`` is not this camera (None when it is); serials count only when both are known."""
+        """Why ``live`` is not (or not yet known to be) this camera; None when it is. A recorded serial must
+        be matched by the live one; with none recorded (a simulated camera) the size decides."""
         if (live.height, live.width) != (self.height, self.width):
             return f"frames are {live.height}x{live.width}, recorded at {self.height}x{self.width}"
-        if self.serial and live.serial and live.serial != self.serial:
+        if self.serial and not live.serial:
+            return (f"recorded from camera serial {self.serial}, and this camera's serial is not known yet (the "
+                    "camera node names it in /diagnostics about once a second; another camera driver never does)")
+        if self.serial and live.serial != self.serial:
             return f"camera serial {live.serial}, recorded from {self.serial} (cameras swapped or replaced?)"
         return None
 

@@ -10,7 +10,7 @@ from dp_core.config import ActionSpec, ObsSpec, ShapeMeta
 def test_mismatch_compares_size_and_known_serials() -> None:
     cam = CameraSource(480, 640, "111")
     assert cam.mismatch(CameraSource(480, 640, "111")) is None
-    assert cam.mismatch(CameraSource(480, 640, "")) is None  # serial not (yet) known live: size decides
+    assert "serial is not known yet" in cam.mismatch(CameraSource(480, 640, ""))  # a recorded serial must be confirmed
     assert CameraSource(480, 640).mismatch(CameraSource(480, 640, "9")) is None  # none recorded (simulated camera)
     assert cam.mismatch(CameraSource(720, 1280, "111")) == "frames are 720x1280, recorded at 480x640"
     assert "camera serial 222, recorded from 111" in cam.mismatch(CameraSource(480, 640, "222"))

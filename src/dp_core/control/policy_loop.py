@@ -51,11 +51,7 @@ class PolicyLoop:
         """Why frames of ``height`` x ``width`` on ``key`` are not from the recorded camera (None: they are)."""
         if key not in self.cameras:
             return None
-        recorded, live = self.cameras[key], CameraSource(height, width, self._serials.get(key, ""))
-        why = recorded.mismatch(live)
-        if why is None and recorded.serial and not live.serial:
-            why = (f"recorded from camera serial {recorded.serial}; waiting for the camera node's /diagnostics to "
-                   "name this camera's serial (about once a second; another camera driver never does)")
+        why = self.cameras[key].mismatch(CameraSource(height, width, self._serials.get(key, "")))
         return None if why is None else (f"observation '{key}': {why}; the policy was trained on the recorded "
                                          "camera (restore it, or set check_cameras: false)")
 

@@ -193,9 +193,6 @@ class EpisodeRecorder:
         recorded = self._recorded_cameras()
         for key, live in self.cameras().items():
             why = recorded[key].mismatch(live) if key in recorded else None
-            if why is None and key in recorded and recorded[key].serial and not live.serial:
-                why = (f"recorded from camera serial {recorded[key].serial}, and this camera's serial is not known "
-                       "yet (the camera node names it in /diagnostics about once a second)")
             if why:
                 raise RecorderError(f"not starting: {key}: {why} in the episodes already in {self.writer.path}; "
                                     "record into a new dataset, or restore the cameras")
