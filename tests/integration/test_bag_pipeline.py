@@ -136,8 +136,9 @@ def test_player_feeds_recorded_observations_to_the_live_policy_node(tmp_path: Pa
     domain = 200 + os.getpid() % 30
     env = _env(domain)
     bag = write_cell_bag(tmp_path / "bag", seconds=8.0, t0=1000.0)  # stamps long past: only restamping makes them fresh
-    policy = _start(_run("policy_node", "--params-file", str(SIM_PARAMS), "-p", f"checkpoint:={MODEL}"),
-                    tmp_path / "policy.log", env)
+    # a chunk every control step (the default is every 0.8 s): at least 10 chunks from the 8 s bag
+    policy = _start(_run("policy_node", "--params-file", str(SIM_PARAMS), "-p", f"checkpoint:={MODEL}",
+                         "-p", "replan_steps:=1"), tmp_path / "policy.log", env)
     harness = RosHarness(domain)
     player = None
     try:
