@@ -97,9 +97,11 @@ def test_sim_cell_recorded_converted_and_replayed(tmp_path: Path, capsys: pytest
                    "--output", str(report)]) == 0
     result = json.loads(report.read_text())
     print(json.dumps(result, indent=1))
-    # offline, a chunk every Ta = 8 steps (0.8 s) of recorded time however slowly the live policy ran: >= 37 in
-    # the episode's 30 s, each with its 8 actions compared
-    assert result["chunks"] > 30 and result["compared_actions"] > 200
+    # offline, a chunk every Ta = 8 steps (0.8 s) of recorded time however slowly the live policy ran (the episode
+    # lasts up to 30 s, less when it succeeds), each compared where the live commands cover its due times
+    with BagReader(bag) as reader:
+        recorded_s = (reader.end_ns - reader.start_ns) * 1e-9
+    assert result["chunks"] >= 0.85 * recorded_s / 0.8 and result["compared_actions"] > 100  # 46 of 46 in 37 s here
     assert result["action_error"]["rmse"] < MAX_REPLAY_RMSE
     assert (tmp_path / "r.png").stat().st_size > 10_000
 
