@@ -5,50 +5,98 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.publisher import Publisher
+from rclpy.signals import SignalHandlerOptions
 
 N = TypeVar("N", bound=Node)
 
 
 def run_node(factory: Callable[[], N], args: list[str] | None = None, cleanup: Callable[[N], None] | None = None) -> None:
-    """Build the node and spin it until Ctrl-C or shutdown; ``cleanup`` runs in every case. A node ends itself
-    by raising ``SystemExit(code)``; a non-zero code becomes the process's exit status after the cleanup.
-    A constructor that refuses its parameters (``ValueError``) ends the process with its message, status 1."""
+    """Build the node and spin it until SIGINT, SIGTERM or shutdown; ``cleanup`` runs in every case. A node ends
+    itself by raising ``SystemExit(code)``; a non-zero code becomes the process's exit status after the cleanup.
+    A constructor that refuses its parameters (``ValueError``) ends the process with its message, status 1.
+
+    The first SIGINT or SIGTERM only asks the spin loop to stop (see ``_StopSignals``): rclpy's own handlers
+    raise ``KeyboardInterrupt`` wherever the main thread happens to be, e.g. half-way through the executor
+    building a Task, whose ``__del__`` then prints a traceback at exit. A later second signal interrupts at once."""
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")  # dp_core's logs
-    rclpy.init(args=args)
     node = None
     exit_code = None
-    try:
+    with _StopSignals() as stop:  # from the start: loading a model takes seconds
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
         try:
-            node = factory()
-        except ValueError as exc:  # bad parameters (ConfigError, DatasetError too): the message, not a traceback
-            print(f"{os.path.basename(sys.argv[0]) or 'node'}: error: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(1) from None
-        rclpy.spin(node)
-    except SystemExit as exc:
-        exit_code = exc.code
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        if not _shutdown_follows():  # a real failure; not rclpy tripping over a message while SIGINT tears it down
-            raise
-    finally:
-        if node is not None:
-            if cleanup is not None:
-                cleanup(node)
-            node.destroy_node()
-        rclpy.try_shutdown()
+            try:
+                node = factory()
+            except ValueError as exc:  # bad parameters (ConfigError, DatasetError too): the message, not a traceback
+                print(f"{os.path.basename(sys.argv[0]) or 'node'}: error: {exc}", file=sys.stderr, flush=True)
+                raise SystemExit(1) from None
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            while rclpy.ok() and not stop.requested:
+                executor.spin_once(timeout_sec=SIGNAL_POLL_S)
+        except SystemExit as exc:
+            exit_code = exc.code
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        finally:
+            if node is not None:
+                if cleanup is not None:
+                    cleanup(node)
+                node.destroy_node()
+            rclpy.try_shutdown()
     if exit_code:
         raise SystemExit(exit_code)
+
+
+SIGNAL_POLL_S = 0.1  # the spin loop sees a stop request this late at most
+
+
+class _StopSignals:
+    """While entered, the first SIGINT or SIGTERM sets ``requested`` (nothing is raised in the interrupted code).
+    One Ctrl-C in a terminal running ``ros2 launch`` reaches a node twice (from the terminal and from launch),
+    so a repeat within ``REPEAT_S`` is the same request; a later one raises ``KeyboardInterrupt``, so a node stuck
+    in its cleanup still ends on a second Ctrl-C. On exit the previous handlers come back, unless a stop was
+    requested: the process is ending then, cleaned up, and SIGINT is ignored from here on. The launch's copy of
+    the Ctrl-C can come that late, and Python restores the default handler while the interpreter finalizes (a
+    node died by SIGINT, 'process has died' in the launch log, in 1 of 8 tries). Signal handlers can only
+    be set from the main thread; elsewhere (a test spinning a node in a thread) this does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    REPEAT_S = 1.0
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._first = 0.0
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if not self.requested:
+            self.requested, self._first = True, time.monotonic()
+        elif time.monotonic() - self._first > self.REPEAT_S:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.requested and self._previous:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            return
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def check_parameters(node: Node) -> None:
@@ -62,17 +110,6 @@ def check_parameters(node: Node) -> None:
         hints = [f"'{name}'" + (f" (did you mean '{close[0]}'?)" if (close := difflib.get_close_matches(name, declared, 1)) else "")
                  for name in unknown]
         raise ValueError(f"node '{node.get_name()}': unknown parameters {', '.join(hints)}; it declares {sorted(declared)}")
-
-
-def _shutdown_follows(wait_s: float = 1.0) -> bool:
-    """Whether rclpy is shutting down, or does within ``wait_s``: its SIGINT handler shuts the context down
-    from another thread, so a take that fails in the spinning thread can come first (seen in the container)."""
-    deadline = time.monotonic() + wait_s
-    while rclpy.ok():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def diagnostic_status(name: str, level: bytes, message: str, values: Mapping[str, object], hardware_id: str = "") -> DiagnosticStatus:

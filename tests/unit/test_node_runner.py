@@ -1,9 +1,11 @@
-"""run_node: a failure while rclpy shuts down (SIGINT) ends quietly; any other failure is raised."""
+"""run_node: SIGINT/SIGTERM stop the spin between callbacks, failures are raised after the cleanup, exit codes and
+parameter errors reach the process."""
 
 from __future__ import annotations
 
+import os
 import re
-import threading
+import signal
 
 import pytest
 from conftest import unique_domain_id
@@ -21,42 +23,89 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -
 
 
 class _Failing(Node):
-    """Fails in a callback; with ``shutdown_after`` the default context is shut down that much later from
-    another thread, as rclpy's SIGINT handler does while the spinning thread trips over a message."""
-
-    def __init__(self, shutdown_after: float | None) -> None:
+    def __init__(self) -> None:
         super().__init__("failing")
-        self.cleaned = False
-        self.shutdown_after = shutdown_after
         self.create_timer(0.01, self._fail)
 
     def _fail(self) -> None:
-        if self.shutdown_after is not None:
-            threading.Timer(self.shutdown_after, rclpy.try_shutdown).start()
         raise RuntimeError("Unable to convert call argument '0' to Python object")
 
 
-def test_failure_during_shutdown_ends_quietly() -> None:
+def test_a_failing_callback_is_raised_after_the_cleanup() -> None:
     nodes: list[_Failing] = []
+    cleaned: list[Node] = []
 
     def factory() -> _Failing:
-        nodes.append(_Failing(shutdown_after=0.2))
-        return nodes[-1]
-
-    run_node(factory, [], cleanup=lambda n: setattr(n, "cleaned", True))
-    assert nodes[0].cleaned and not rclpy.ok()
-
-
-def test_failure_without_shutdown_is_raised() -> None:
-    nodes: list[_Failing] = []
-
-    def factory() -> _Failing:
-        nodes.append(_Failing(shutdown_after=None))
+        nodes.append(_Failing())
         return nodes[-1]
 
     with pytest.raises(RuntimeError, match="convert call argument"):
-        run_node(factory, [], cleanup=lambda n: setattr(n, "cleaned", True))
-    assert nodes[0].cleaned and not rclpy.ok()  # cleaned up and shut down all the same
+        run_node(factory, [], cleanup=cleaned.append)
+    assert cleaned == nodes and not rclpy.ok()  # cleaned up and shut down all the same
+
+
+class _Signalled(Node):
+    """Sends its own process ``signals`` from a timer callback and records how far the callback got."""
+
+    def __init__(self, signals: list[int]) -> None:
+        super().__init__("signalled")
+        self.signals = signals
+        self.sent = 0
+        self.ticks = 0
+        self.create_timer(0.01, self._tick)
+
+    def _tick(self) -> None:
+        self.ticks += 1
+        for sig in self.signals[self.sent:]:
+            os.kill(os.getpid(), sig)
+            self.sent += 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_spin_without_interrupting_a_callback(sig: int) -> None:
+    """The handler runs inside the callback (main thread) and only asks the loop to stop: the callback
+    finishes, the cleanup runs, nothing is raised. SIGINT is ignored afterwards: the process is ending, and
+    the launch's copy of the user's Ctrl-C must not kill it while the interpreter finalizes."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    nodes: list[_Signalled] = []
+    cleaned: list[Node] = []
+
+    def factory() -> _Signalled:
+        nodes.append(_Signalled([sig]))
+        return nodes[-1]
+
+    run_node(factory, [], cleanup=cleaned.append)
+    assert nodes[0].sent == 1 and nodes[0].ticks == 1  # the callback ran to its end; no second tick
+    assert cleaned == nodes and not rclpy.ok()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    for s, handler in before.items():
+        signal.signal(s, handler)
+
+
+def test_the_previous_handlers_come_back_without_a_signal() -> None:
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with pytest.raises(SystemExit):
+        run_node(lambda: _Ending(1), [])
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+@pytest.mark.parametrize("repeat_s, sent", [(1.0, 2), (-1.0, 1)])
+def test_a_repeated_signal_is_one_request_and_a_later_one_interrupts(monkeypatch, repeat_s: float, sent: int) -> None:
+    """A Ctrl-C reaches a launched node twice at once (terminal and launch): still one request. A second signal
+    after ``REPEAT_S`` raises KeyboardInterrupt where the main thread is (here: before the count went up)."""
+    import dp_bringup.node_runner as runner
+
+    monkeypatch.setattr(runner._StopSignals, "REPEAT_S", repeat_s)  # -1: every repeat counts as a later one
+    nodes: list[_Signalled] = []
+    cleaned: list[Node] = []
+
+    def factory() -> _Signalled:
+        nodes.append(_Signalled([signal.SIGINT, signal.SIGINT]))
+        return nodes[-1]
+
+    run_node(factory, [], cleanup=cleaned.append)
+    assert nodes[0].sent == sent
+    assert cleaned == nodes and not rclpy.ok()
 
 
 class _Declaring(Node):
