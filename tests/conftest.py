@@ -165,10 +165,12 @@ def agent_xy(t: float) -> tuple[float, float]:
 
 
 def write_cell_bag(path: Path, seconds: float = 4.0, t0: float = 1000.0, gap: tuple[float, float] | None = None,
-                   image_size: int = 16, storage: str = "mcap") -> Path:
+                   image_size: int = 16, storage: str = "mcap", serials: list[str] | None = None) -> Path:
     """A bag with the Push-T cell's topics (message times relative to ``t0``): agent pose and 9 keypoints
     at 50 Hz, a 20 Hz camera, servo targets every 0.1 s stamped with their due time on the agent's path.
     Each message is received 2 ms after its stamp; ``gap`` = (start, stop): no agent poses in between.
+    ``serials``: /diagnostics once a second naming camera_0's serial, as the camera node does (one after
+    the other when several are given).
     """
     from rosbags.rosbag2 import Writer
     from rosbags.rosbag2.enums import StoragePlugin
@@ -205,8 +207,14 @@ def write_cell_bag(path: Path, seconds: float = 4.0, t0: float = 1000.0, gap: tu
     for i in range(int(seconds * 10) + 1):
         due = i / 10 + 0.1  # sent one step ahead of when it is due, as the executor does
         events.append((i / 10, "/robot/servo_target", PS(header=header(due), pose=pose(*agent_xy(due)))))
-    events.sort(key=lambda e: e[0])
     types = {"/robot/tcp_pose": PS, "/pusht/keypoints": PA, "/camera_0/color/image_raw": Img, "/robot/servo_target": PS}
+    if serials:
+        DA, DS = ts.types["diagnostic_msgs/msg/DiagnosticArray"], ts.types["diagnostic_msgs/msg/DiagnosticStatus"]
+        types["/diagnostics"] = DA
+        for i in range(int(seconds) + 1):
+            status = DS(level=0, name="camera: camera_0", message="streaming", hardware_id=serials[i % len(serials)], values=[])
+            events.append((float(i), "/diagnostics", DA(header=header(float(i)), status=[status])))
+    events.sort(key=lambda e: e[0])
     with Writer(path, version=9, storage_plugin=StoragePlugin[storage.upper()]) as writer:
         conns = {topic: writer.add_connection(topic, cls.__msgtype__, typestore=ts) for topic, cls in types.items()}
         for t, topic, msg in events:

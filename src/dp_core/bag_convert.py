@@ -12,6 +12,11 @@ A step is kept when every stream has a sample at most ``max_age_s`` old and the 
 waypoints at most ``max_gap_s`` apart; each run of kept steps of at least ``min_episode_steps`` becomes
 one episode (a pause in the recording or a holding robot ends an episode).
 
+The dataset records each image stream's camera as the demonstration recorder does
+(:mod:`dp_core.camera_sources`): the native frame size from the bag, and the serial from the camera node's
+``/diagnostics`` when the bag has that topic. A bag whose cameras differ from those of the episodes already in
+the dataset is refused.
+
     dp-bag2zarr bags/run1 bags/run2 -o data/cell.zarr --config config/bag_pusht_sim.yaml
 """
 
@@ -28,10 +33,14 @@ import numpy as np
 from tqdm import tqdm
 
 from .bag_io import BagError, BagReader, short_type
+from .camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
+from .camera_sources import CameraSource, camera_name, read_cameras, serials_from_statuses, write_cameras
 from .config import ConfigError, apply_overrides, from_dict, read_yaml
 from .control.stamps import STAMP_TOLERANCE_S as _EPS  # stamps this close count as equal
 from .dataset import DatasetError, EpisodeStore
 from .msg_fields import LOW_DIM_TYPES, image_to_numpy, low_dim_from_msg, position_from_msg, stamp_seconds
+
+DIAGNOSTICS_TOPIC = "/diagnostics"  # read for the camera node's serials when the bag has it
 
 
 @dataclass
@@ -92,6 +101,7 @@ class _Stream:
     type_name: str
     stamps: list[float] = field(default_factory=list)
     values: list[np.ndarray] = field(default_factory=list)  # low-dim only; images are decoded in a second pass
+    sizes: set[tuple[int, int]] = field(default_factory=set)  # images: native (height, width) seen
 
 
 @dataclass
@@ -101,6 +111,7 @@ class ConversionReport:
     kept: int
     episodes: list[int]  # length of each episode written
     dropped: dict[str, int]  # reason -> steps
+    cameras: dict[str, CameraSource] = field(default_factory=dict)  # image key -> camera, as stored
 
 
 def sample_index(stamps: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -142,8 +153,15 @@ def convert_bag(bag_path: str | Path, store: EpisodeStore, cfg: BagConversionCon
             by_topic.setdefault(s.spec.topic, []).append(s)
         act_stamps: list[float] = []
         act_values: list[np.ndarray] = []
-        total = sum(info[t].count for t in set(topics))
-        for m in tqdm(bag.messages(set(topics)), total=total, desc=f"read {bag.path.name}", disable=not progress):
+        has_diagnostics = DIAGNOSTICS_TOPIC in info and short_type(info[DIAGNOSTICS_TOPIC].msgtype) == "DiagnosticArray"
+        diagnostics = [DIAGNOSTICS_TOPIC] if has_diagnostics else []
+        serials: dict[str, set[str]] = {}  # camera name -> serials its diagnostics named
+        total = sum(info[t].count for t in {*topics, *diagnostics})
+        for m in tqdm(bag.messages({*topics, *diagnostics}), total=total, desc=f"read {bag.path.name}", disable=not progress):
+            if m.topic == DIAGNOSTICS_TOPIC:
+                for name, serial in serials_from_statuses((st.name, st.hardware_id) for st in m.msg.status).items():
+                    serials.setdefault(name, set()).add(serial)
+                continue
             if m.topic == cfg.action.topic:
                 act_stamps.append(stamp_seconds(m.msg.header.stamp))
                 act_values.append(position_from_msg(m.msg, cfg.action.names))
@@ -151,6 +169,10 @@ def convert_bag(bag_path: str | Path, store: EpisodeStore, cfg: BagConversionCon
                 s.stamps.append(stamp_seconds(m.msg.header.stamp))
                 if s.type_name != "Image":
                     s.values.append(_low_dim(bag.path, s, m.msg))
+                else:
+                    s.sizes.add((int(m.msg.height), int(m.msg.width)))
+        cameras = _bag_cameras(bag.path, streams, serials)
+        _check_cameras(bag.path, store, cameras)
 
         order = np.argsort(act_stamps, kind="stable")
         a_stamps, a_values = np.asarray(act_stamps)[order], np.asarray(act_values)[order]
@@ -185,6 +207,9 @@ def convert_bag(bag_path: str | Path, store: EpisodeStore, cfg: BagConversionCon
 
         arrays = {s.key: _gather(bag, s, picks[s.key], np.sort(np.concatenate([np.arange(a, b) for a, b in runs])), progress)
                   for s in streams}
+        recorded = read_cameras(store.group.attrs.get(CAMERAS_ATTRIBUTE))  # before the episodes, as the recorder
+        merged = {key: recorded[key].merged(cam) if key in recorded else cam for key, cam in cameras.items()}
+        store.group.attrs[CAMERAS_ATTRIBUTE] = write_cameras({**recorded, **merged})
         lengths = []
         for a, b in runs:
             episode = {s.key: arrays[s.key][a:b] for s in streams}
@@ -192,7 +217,41 @@ def convert_bag(bag_path: str | Path, store: EpisodeStore, cfg: BagConversionCon
             episode["timestamp"] = times[a:b]
             store.add_episode(episode)
             lengths.append(int(b - a))
-        return ConversionReport(str(bag.path), n, int(sum(lengths)), lengths, {k: v for k, v in dropped.items() if v})
+        return ConversionReport(str(bag.path), n, int(sum(lengths)), lengths, {k: v for k, v in dropped.items() if v}, merged)
+
+
+
+def _bag_cameras(path: Path, streams: list[_Stream], serials: dict[str, set[str]]) -> dict[str, CameraSource]:
+    """The camera of each image stream: its one native frame size, and the serial its camera node named."""
+    cameras = {}
+    for s in streams:
+        if s.type_name != "Image" or not s.sizes:
+            continue
+        if len(s.sizes) > 1:
+            raise BagError(f"{path}: {s.spec.topic} -> '{s.key}': frames of several sizes "
+                           f"{sorted(f'{h}x{w}' for h, w in s.sizes)} (another camera, or its settings changed)")
+        named = serials.get(camera_name(s.spec.topic), set())
+        if len(named) > 1:
+            raise BagError(f"{path}: {camera_name(s.spec.topic)} was named as cameras {sorted(named)} in "
+                           f"{DIAGNOSTICS_TOPIC} (cameras swapped during the recording?)")
+        cameras[s.key] = CameraSource(*next(iter(s.sizes)), next(iter(named), ""))
+    return cameras
+
+
+def _check_cameras(path: Path, store: EpisodeStore, cameras: dict[str, CameraSource]) -> None:
+    """Refuse a bag from other cameras than the dataset's episodes (a policy would mix their views)."""
+    recorded = read_cameras(store.group.attrs.get(CAMERAS_ATTRIBUTE))
+    for key, cam in cameras.items():
+        if key not in recorded:
+            continue
+        if recorded[key].serial and not cam.serial:
+            why = (f"recorded from camera serial {recorded[key].serial}; this bag does not name its camera "
+                   f"(record {DIAGNOSTICS_TOPIC} with the bag)")
+        else:
+            why = recorded[key].mismatch(cam)
+        if why:
+            raise BagError(f"{path}: '{key}': {why}, in the episodes already in {store.path}; "
+                           "convert into a new dataset")
 
 
 def _low_dim(path: Path, s: _Stream, msg) -> np.ndarray:
@@ -247,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
             r = convert_bag(bag, store, cfg)
             print(f"{r.bag}: {len(r.episodes)} episodes {r.episodes}, {r.kept} of {r.steps} steps kept"
                   + (f"; dropped {r.dropped}" if r.dropped else ""))
+            for key, cam in r.cameras.items():
+                print(f"  '{key}': camera {cam.height}x{cam.width}, " + (f"serial {cam.serial}" if cam.serial else
+                      f"serial unknown (no camera named in {DIAGNOSTICS_TOPIC}): a policy checks the frame size only"))
         print(f"{out}: {store.n_episodes} episodes, {store.n_steps} steps, keys {store.keys()}")
     except (BagError, ConfigError, DatasetError) as exc:
         if created and out.exists() and EpisodeStore.open(out, mode="a").n_episodes == 0:

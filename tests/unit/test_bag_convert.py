@@ -111,3 +111,42 @@ def test_no_aligned_steps_and_wrong_types(tmp_path: Path) -> None:
         convert_bag(bag, store, load_conversion_config(CONFIG, ["streams.keypoint.dim=5", "min_episode_steps=2"]),
                     progress=False)
     assert store.n_episodes == 0
+
+
+def test_cameras_are_recorded_and_other_cameras_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """As the demonstration recorder: each image key's native size and serial (from the camera node's
+    /diagnostics in the bag) go into the dataset's ``cameras``; a bag from other cameras is not appended."""
+    from dp_core.camera_sources import ATTRIBUTE, CameraSource, read_cameras
+
+    out = tmp_path / "out.zarr"
+
+    def cameras() -> dict[str, CameraSource]:
+        return read_cameras(EpisodeStore.open(out).group.attrs.get(ATTRIBUTE))
+
+    def episodes() -> int:
+        return EpisodeStore.open(out).n_episodes
+
+    bag = write_cell_bag(tmp_path / "a", seconds=3.0, serials=["817612070123"])
+    assert main([str(bag), "-o", str(out), "--config", str(CONFIG)]) == 0
+    assert "'img': camera 16x16, serial 817612070123" in capsys.readouterr().out
+    assert cameras() == {"img": CameraSource(16, 16, "817612070123")}
+    assert main([str(bag), "-o", str(out), "--config", str(CONFIG), "--append"]) == 0 and episodes() == 2
+    refusals = {
+        "other": (write_cell_bag(tmp_path / "b", seconds=3.0, serials=["999"]), "camera serial 999, recorded from 817612070123"),
+        "unnamed": (write_cell_bag(tmp_path / "c", seconds=3.0), "this bag does not name its camera"),
+        "size": (write_cell_bag(tmp_path / "d", seconds=3.0, image_size=20, serials=["817612070123"]),
+                 "frames are 20x20, recorded at 16x16"),
+    }
+    for name, (other, why) in refusals.items():
+        assert main([str(other), "-o", str(out), "--config", str(CONFIG), "--append"]) == 1, name
+        err = capsys.readouterr().err
+        assert why in err and "convert into a new dataset" in err, err
+        assert episodes() == 2 and cameras() == {"img": CameraSource(16, 16, "817612070123")}
+    # without /diagnostics the serial stays unknown (the size is still checked), and the CLI says so
+    new = tmp_path / "new.zarr"
+    assert main([str(refusals["unnamed"][0]), "-o", str(new), "--config", str(CONFIG)]) == 0
+    assert "serial unknown" in capsys.readouterr().out
+    assert read_cameras(EpisodeStore.open(new).group.attrs.get(ATTRIBUTE)) == {"img": CameraSource(16, 16, "")}
+    swapped = write_cell_bag(tmp_path / "e", seconds=3.0, serials=["111", "222"])
+    with pytest.raises(BagError, match=r"camera_0 was named as cameras \['111', '222'\]"):
+        convert_bag(swapped, EpisodeStore.open(tmp_path / "x.zarr", mode="a"), load_conversion_config(CONFIG), progress=False)
