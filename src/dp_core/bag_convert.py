@@ -159,7 +159,7 @@ def convert_bag(bag_path: str | Path, store: EpisodeStore, cfg: BagConversionCon
         total = sum(info[t].count for t in {*topics, *diagnostics})
         for m in tqdm(bag.messages({*topics, *diagnostics}), total=total, desc=f"read {bag.path.name}", disable=not progress):
             if m.topic == DIAGNOSTICS_TOPIC:
-                for name, serial in serials_from_statuses((st.name, st.hardware_id) for st in m.msg.status).items():
+                for name, serial in serials_from_statuses(m.msg.status).items():
                     serials.setdefault(name, set()).add(serial)
                 continue
             if m.topic == cfg.action.topic:

@@ -73,11 +73,18 @@ def camera_name(topic: str) -> str:
     return topic.strip("/").split("/")[0]
 
 
-def serials_from_statuses(statuses: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """``{camera name: serial}`` from (status name, hardware id) pairs of ``/diagnostics``."""
+def serials_from_statuses(statuses: Iterable) -> dict[str, str]:
+    """``{camera name: serial}`` from ``/diagnostics`` statuses (anything with ``name`` and ``hardware_id``:
+    a DiagnosticStatus message, live or read from a bag)."""
     out = {}
-    for name, hardware_id in statuses:
-        match = _CAMERA_STATUS.search(name)
-        if match and hardware_id:
-            out[match.group(1)] = hardware_id
+    for status in statuses:
+        match = _CAMERA_STATUS.search(status.name)
+        if match and status.hardware_id:
+            out[match.group(1)] = status.hardware_id
     return out
+
+
+def serials_by_key(key_cameras: Mapping[str, str], statuses: Iterable) -> dict[str, str]:
+    """``{key: serial}`` for the image keys (key -> camera name) whose camera the statuses name."""
+    serials = serials_from_statuses(statuses)
+    return {key: serials[camera] for key, camera in key_cameras.items() if camera in serials}

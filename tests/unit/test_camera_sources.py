@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from dp_core.camera_sources import (CameraSource, camera_name, policy_cameras, read_cameras,
-                                    serials_from_statuses, write_cameras)
+                                    serials_by_key, serials_from_statuses, write_cameras)
 from dp_core.config import ActionSpec, ObsSpec, ShapeMeta
 
 
@@ -29,6 +31,8 @@ def test_policy_cameras_follow_the_observation_sources() -> None:
 
 def test_camera_names_from_topics_and_diagnostics() -> None:
     assert camera_name("/camera_1/color/image_raw") == "camera_1"
-    statuses = [("realsense: camera_0", "111"), ("realsense: camera_1", "222"), ("policy", ""),
-                ("realsense: camera_2", ""), ("ur_driver: camera_3x", "9")]
+    statuses = [SimpleNamespace(name=n, hardware_id=h) for n, h in [
+        ("realsense: camera_0", "111"), ("realsense: camera_1", "222"), ("policy", ""), ("realsense: camera_2", ""),
+        ("ur_driver: camera_3x", "9")]]
     assert serials_from_statuses(statuses) == {"camera_0": "111", "camera_1": "222"}
+    assert serials_by_key({"wrist": "camera_1", "front": "camera_2"}, statuses) == {"wrist": "222"}

@@ -129,8 +129,11 @@ def test_recorder_node_records_through_services_and_buttons(ros, tmp_path: Path)
     from sensor_msgs.msg import Image, Joy
     from std_srvs.srv import Trigger
 
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
     from dp_bringup.nodes.demo_recorder_node import DemoRecorderNode
     from dp_bringup.ros_image import numpy_to_image
+    from dp_core.camera_sources import ATTRIBUTE, CameraSource, read_cameras
     from dp_core.episode_store import EpisodeStore
 
     dataset = tmp_path / "demos.zarr"
@@ -178,6 +181,9 @@ def test_recorder_node_records_through_services_and_buttons(ros, tmp_path: Path)
         command.publish(pose(probe, 11.0, float(t[0])))
 
     probe.create_timer(0.02, publish)
+    diagnostics = probe.create_publisher(DiagnosticArray, "/diagnostics", 10)  # as the camera node names its camera
+    probe.create_timer(0.2, lambda: diagnostics.publish(DiagnosticArray(status=[
+        DiagnosticStatus(name="camera: camera_0", hardware_id="817612070123"), DiagnosticStatus(name="policy")])))
     ros.spin_until(lambda: False, 0.5)
     result = call(ros, start)
     assert result.success and result.message == "recording episode 0"
@@ -194,6 +200,7 @@ def test_recorder_node_records_through_services_and_buttons(ros, tmp_path: Path)
     action, agent = store.read("action"), store.read("agent_pos")
     assert np.all(action[:, 0] == 11.0) and np.all(agent[:, 0] == 10.0)
     assert np.all(action[:, 1] >= agent[:, 1])  # the command of the step, not an older one
+    assert read_cameras(store.group.attrs.get(ATTRIBUTE)) == {"img": CameraSource(120, 160, "817612070123")}
     dts = np.diff(store.read("timestamp"))
     assert np.all(dts > 0) and np.median(dts) == pytest.approx(0.1, abs=0.03)  # the 10 Hz timer (jitters under load)
 

@@ -28,7 +28,7 @@ from std_srvs.srv import Trigger
 
 from dp_bringup.node_runner import check_parameters, diagnostic_status, publish_diagnostics, run_node
 from dp_bringup.ros_conversions import POSITION_AXES, stamp_to_seconds
-from dp_core.camera_sources import camera_name, serials_from_statuses
+from dp_core.camera_sources import camera_name, serials_by_key
 from dp_core.msg_fields import image_to_numpy, low_dim_from_msg
 from dp_core.recording import EpisodeRecorder, EpisodeWriter, RecorderError, StreamSpec
 from dp_core.teleop import ButtonEdges
@@ -126,10 +126,8 @@ class DemoRecorderNode(Node):
             self.get_logger().error(f"ignored {key} message: {exc}", throttle_duration_sec=2.0)
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
-        serials = serials_from_statuses((s.name, s.hardware_id) for s in msg.status)
-        for key, camera in self._image_cameras.items():
-            if camera in serials:
-                self.recorder.set_serial(key, serials[camera])
+        for key, serial in serials_by_key(self._image_cameras, msg.status).items():
+            self.recorder.set_serial(key, serial)
 
     def _on_action(self, msg: PoseStamped) -> None:
         p = msg.pose.position

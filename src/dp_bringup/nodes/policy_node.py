@@ -29,7 +29,7 @@ from trajectory_msgs.msg import JointTrajectory
 from dp_bringup.node_runner import check_parameters, diagnostic_status, publish_diagnostics, run_node
 from dp_bringup.ros_conversions import chunk_to_msg
 from dp_core.camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
-from dp_core.camera_sources import camera_name, read_cameras, serials_from_statuses
+from dp_core.camera_sources import camera_name, read_cameras, serials_by_key
 from dp_core.checkpoint import CheckpointError, load_policy, policy_file_extra
 from dp_core.control.policy_loop import PolicyLoop
 from dp_core.control.policy_params import PolicyNodeParams, check_renamed, used_observations
@@ -111,10 +111,8 @@ class PolicyNode(Node):
         return callback
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
-        serials = serials_from_statuses((s.name, s.hardware_id) for s in msg.status)
-        for key, camera in self._image_cameras.items():
-            if camera in serials:
-                self.loop.set_serial(key, serials[camera])
+        for key, serial in serials_by_key(self._image_cameras, msg.status).items():
+            self.loop.set_serial(key, serial)
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
