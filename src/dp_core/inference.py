@@ -33,11 +33,12 @@ class PolicyRunner:
     The previous chunk, shifted by the elapsed time rounded to whole steps, is reused as a warm
     start when that is 1 to ``horizon - n_obs_steps`` steps; otherwise sampling starts cold.
     ``inference``, when given, selects the policy's sampling path (fast by default, or the reference).
+    Warm starts are opt-in: replanning every Ta steps from noise scored higher in closed loop (docs/performance.md).
     """
 
     policy: DiffusionPolicy
     dt: float = 0.1
-    warm_start: bool = True
+    warm_start: bool = False
     seed: int | None = None
     inference: InferenceOptions | None = None
     _prev: torch.Tensor | None = field(default=None, init=False, repr=False)

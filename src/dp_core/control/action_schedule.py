@@ -86,7 +86,7 @@ class ActionSchedule:
         workspace_max: Sequence[float],
         max_step: float | None = None,
         latency_margin: float = 0.01,
-        watchdog_s: float = 0.5,
+        watchdog_s: float = 1.2,  # > a replanning period of Ta * dt = 0.8 s plus inference (the executor's default)
     ) -> None:
         self.limiter = CommandLimiter(workspace_min, workspace_max, max_step)
         if not (dt > 0 and watchdog_s > 0 and latency_margin >= 0):
