@@ -16,7 +16,8 @@ from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 
-FORWARDED = ("checkpoint", "config", "device", "seed", "extra_latency", "latency_compensation", "log_level")
+FORWARDED = ("checkpoint", "config", "device", "seed", "extra_latency", "latency_compensation", "replan_steps",
+             "warm_start", "log_level")
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -31,6 +32,10 @@ def generate_launch_description() -> LaunchDescription:
                               description="artificial observation-to-chunk delay (s); default: the config's (0)"),
         DeclareLaunchArgument("latency_compensation", default_value="",
                               description="executor latency compensation; default: the config's (true)"),
+        DeclareLaunchArgument("replan_steps", default_value="",
+                              description="a new chunk every this many control steps; default: the config's (0: Ta)"),
+        DeclareLaunchArgument("warm_start", default_value="",
+                              description="denoise each chunk from the previous one; default: the config's (false)"),
         DeclareLaunchArgument("log_level", default_value="info", description="log level of all nodes"),
     ]
     include = IncludeLaunchDescription(

@@ -33,13 +33,15 @@ def launch_setup(context, *_, **__):
     share = get_package_share_directory(PKG)
     arg = {name: LaunchConfiguration(name).perform(context) for name in
            ("sim", "checkpoint", "config", "device", "robot_ip", "camera_serials", "num_episodes",
-            "seed", "extra_latency", "latency_compensation", "log_level", "bag", "bag_recorder")}
+            "seed", "extra_latency", "latency_compensation", "replan_steps", "warm_start", "log_level", "bag",
+            "bag_recorder")}
     sim = truthy(arg["sim"])
     config = arg["config"] or os.path.join(share, "config", "pusht_sim.yaml" if sim else "ur5_real.yaml")
     checkpoint = arg["checkpoint"] or os.path.join(share, "models", "pusht_state_unet_small.safetensors")
     common = {"output": "screen", "emulate_tty": True, "arguments": ["--ros-args", "--log-level", arg["log_level"]]}
     # Arguments left empty leave the parameter file's value in force.
-    policy = {"checkpoint": checkpoint, **_given(arg, device=("device", str), extra_latency_s=("extra_latency", float))}
+    policy = {"checkpoint": checkpoint, **_given(arg, device=("device", str), extra_latency_s=("extra_latency", float),
+                                                 replan_steps=("replan_steps", int), warm_start=("warm_start", truthy))}
     executor = _given(arg, latency_compensation=("latency_compensation", truthy))
     nodes = [
         Node(package=PKG, executable="policy_node", name="policy", **common, parameters=[config, policy]),
@@ -109,6 +111,12 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("latency_compensation", default_value="", choices=["", "true", "false"],
                               description="executor schedules actions from the observation stamp (paper) or from "
                                           "arrival; default: the config's (true)"),
+        DeclareLaunchArgument("replan_steps", default_value="",
+                              description="policy: a new chunk every this many control steps (0: Ta, the policy's "
+                                          "n_action_steps); default: the config's (0)"),
+        DeclareLaunchArgument("warm_start", default_value="", choices=["", "true", "false"],
+                              description="policy: start each chunk's denoising from the previous chunk; default: "
+                                          "the config's (false)"),
         DeclareLaunchArgument("log_level", default_value="info", choices=["debug", "info", "warn", "error"],
                               description="log level of all nodes"),
         DeclareLaunchArgument("bag", default_value="",

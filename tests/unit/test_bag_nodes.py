@@ -212,7 +212,8 @@ def test_scripted_recording_passes_the_expanded_demo_path(tmp_path, monkeypatch)
 
 
 def test_launch_arguments_left_empty_keep_the_parameter_files_values(monkeypatch) -> None:
-    """device, seed, extra_latency and latency_compensation override the config only when given."""
+    """device, seed, extra_latency, latency_compensation, replan_steps and warm_start override the config only
+    when given."""
     from launch import LaunchContext
     from launch.actions import DeclareLaunchArgument
     from launch_ros.actions import Node
@@ -233,6 +234,8 @@ def test_launch_arguments_left_empty_keep_the_parameter_files_values(monkeypatch
     default = overrides()
     assert set(default["policy_node"]) == {"checkpoint"} and default["action_executor"] == {}
     assert default["pusht_sim"] == {"num_episodes": 0}
-    given = overrides(device="cpu", seed="7", extra_latency="0.1", latency_compensation="false")
-    assert given["policy_node"]["device"] == "cpu" and given["policy_node"]["extra_latency_s"] == 0.1
+    given = overrides(device="cpu", seed="7", extra_latency="0.1", latency_compensation="false", replan_steps="4",
+                      warm_start="true")
+    assert given["policy_node"] == {"checkpoint": default["policy_node"]["checkpoint"], "device": "cpu",
+                                    "extra_latency_s": 0.1, "replan_steps": 4, "warm_start": True}
     assert given["action_executor"] == {"latency_compensation": False} and given["pusht_sim"]["seed"] == 7
