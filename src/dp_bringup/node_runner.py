@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
@@ -29,7 +28,7 @@ def run_node(factory: Callable[[], N], args: list[str] | None = None, cleanup: C
 
     The first SIGINT or SIGTERM only asks the spin loop to stop (see ``_StopSignals``): rclpy's own handlers
     raise ``KeyboardInterrupt`` wherever the main thread happens to be, e.g. half-way through the executor
-    building a Task, whose ``__del__`` then prints a traceback at exit. A later second signal interrupts at once."""
+    building a Task, whose ``__del__`` then prints a traceback at exit."""
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")  # dp_core's logs
     node = None
     exit_code = None
@@ -63,28 +62,30 @@ SIGNAL_POLL_S = 0.1  # the spin loop sees a stop request this late at most
 
 
 class _StopSignals:
-    """While entered, the first SIGINT or SIGTERM sets ``requested`` (nothing is raised in the interrupted code).
-    One Ctrl-C in a terminal running ``ros2 launch`` reaches a node twice (from the terminal and from launch),
-    so a repeat within ``REPEAT_S`` is the same request; a later one raises ``KeyboardInterrupt``, so a node stuck
-    in its cleanup still ends on a second Ctrl-C. On exit the previous handlers come back, unless a stop was
-    requested: the process is ending then, cleaned up, and SIGINT is ignored from here on. The launch's copy of
-    the Ctrl-C can come that late, and Python restores the default handler while the interpreter finalizes (a
-    node died by SIGINT, 'process has died' in the launch log, in 1 of 8 tries). Signal handlers can only
-    be set from the main thread; elsewhere (a test spinning a node in a thread) this does nothing."""
+    """While entered, the first SIGINT or SIGTERM sets ``requested``; nothing is raised in the interrupted code.
+    One Ctrl-C in a terminal running ``ros2 launch`` reaches a node twice (from the terminal, and from launch
+    when it shuts the nodes down), so the second SIGINT is the same request. A third SIGINT, or a SIGTERM
+    after the first signal (launch escalates to it 5 s after its SIGINT; ``kill``), raises
+    ``KeyboardInterrupt``: a node stuck in its cleanup still ends. On exit the previous handlers come back,
+    unless a stop was requested: the process is ending then, cleaned up; SIGINT is ignored (the launch's copy
+    can come this late, and Python restores the default handler while the interpreter finalizes: a node died
+    by SIGINT, 'process has died' in the launch log, in 1 of 8 tries) and SIGTERM gets its default action, so
+    launch's escalation ends an exit that hangs. Signal handlers can only be set from the main thread;
+    elsewhere (a test spinning a node in a thread) this does nothing."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
-    REPEAT_S = 1.0
+    INTERRUPT_AFTER_SIGINTS = 3
 
     def __init__(self) -> None:
         self.requested = False
-        self._first = 0.0
+        self._sigints = 0
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: object) -> None:
-        if not self.requested:
-            self.requested, self._first = True, time.monotonic()
-        elif time.monotonic() - self._first > self.REPEAT_S:
+        self._sigints += signum == signal.SIGINT
+        if self.requested and (signum == signal.SIGTERM or self._sigints >= self.INTERRUPT_AFTER_SIGINTS):
             raise KeyboardInterrupt
+        self.requested = True
 
     def __enter__(self) -> _StopSignals:
         if threading.current_thread() is threading.main_thread():
@@ -94,6 +95,7 @@ class _StopSignals:
     def __exit__(self, *exc: object) -> None:
         if self.requested and self._previous:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             return
         for s, handler in self._previous.items():
             signal.signal(s, handler)

@@ -34,13 +34,12 @@ from tqdm import tqdm
 
 from .bag_io import BagError, BagReader, short_type
 from .camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
-from .camera_sources import CameraSource, camera_name, read_cameras, serials_from_statuses, write_cameras
+from .camera_sources import (DIAGNOSTICS_TOPIC, CameraSource, camera_name, read_cameras, serials_from_statuses,
+                             write_cameras)
 from .config import ConfigError, apply_overrides, from_dict, read_yaml
 from .control.stamps import STAMP_TOLERANCE_S as _EPS  # stamps this close count as equal
 from .dataset import DatasetError, EpisodeStore
 from .msg_fields import LOW_DIM_TYPES, image_to_numpy, low_dim_from_msg, position_from_msg, stamp_seconds
-
-DIAGNOSTICS_TOPIC = "/diagnostics"  # read for the camera node's serials when the bag has it
 
 
 @dataclass
@@ -153,8 +152,7 @@ def convert_bag(bag_path: str | Path, store: EpisodeStore, cfg: BagConversionCon
             by_topic.setdefault(s.spec.topic, []).append(s)
         act_stamps: list[float] = []
         act_values: list[np.ndarray] = []
-        has_diagnostics = DIAGNOSTICS_TOPIC in info and short_type(info[DIAGNOSTICS_TOPIC].msgtype) == "DiagnosticArray"
-        diagnostics = [DIAGNOSTICS_TOPIC] if has_diagnostics else []
+        diagnostics = [DIAGNOSTICS_TOPIC] if bag.has_messages(DIAGNOSTICS_TOPIC, "DiagnosticArray") else []
         serials: dict[str, set[str]] = {}  # camera name -> serials its diagnostics named
         total = sum(info[t].count for t in {*topics, *diagnostics})
         for m in tqdm(bag.messages({*topics, *diagnostics}), total=total, desc=f"read {bag.path.name}", disable=not progress):
@@ -245,8 +243,8 @@ def _check_cameras(path: Path, store: EpisodeStore, cameras: dict[str, CameraSou
         if key not in recorded:
             continue
         if recorded[key].serial and not cam.serial:
-            why = (f"recorded from camera serial {recorded[key].serial}; this bag does not name its camera "
-                   f"(record {DIAGNOSTICS_TOPIC} with the bag)")
+            why = (f"recorded from camera serial {recorded[key].serial}; this bag names no serial for it (no "
+                   f"{DIAGNOSTICS_TOPIC} recorded, or no camera node status for its camera in it)")
         else:
             why = recorded[key].mismatch(cam)
         if why:

@@ -147,6 +147,11 @@ class BagReader:
         if empty:
             raise BagError(f"{self.path}: topics {empty} have no messages")
 
+    def has_messages(self, topic: str, type_name: str) -> bool:
+        """Whether the bag holds messages on ``topic`` of type ``type_name`` (short name, e.g. ``DiagnosticArray``)."""
+        info = self.topics.get(topic)
+        return info is not None and info.count > 0 and short_type(info.msgtype) == type_name
+
     def messages(self, topics: Iterable[str], raw: bool = False) -> Iterator[BagMessage]:
         """Messages of ``topics`` in receive-time order, decoded (or as CDR bytes with ``raw``)."""
         topics = set(topics)

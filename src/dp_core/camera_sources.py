@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from .config import ShapeMeta
 
 ATTRIBUTE = "cameras"  # dataset attribute and policy-file extra key
+DIAGNOSTICS_TOPIC = "/diagnostics"  # where the camera node names each camera's serial (also read from bags)
 _CAMERA_STATUS = re.compile(r": (camera_\d+)$")  # the camera node's diagnostic status names: "<node>: camera_<i>"
 
 

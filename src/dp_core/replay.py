@@ -33,7 +33,7 @@ from tqdm import tqdm
 from .bag_convert import interpolate
 from .bag_io import BagError, BagReader
 from .camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
-from .camera_sources import CameraSource, read_cameras
+from .camera_sources import DIAGNOSTICS_TOPIC, CameraSource, camera_name, read_cameras, serials_by_key
 from .checkpoint import CheckpointError, load_policy, policy_file_extra
 from .config import ConfigError
 from .control.policy_loop import PolicyLoop
@@ -66,7 +66,8 @@ def replay_bag(bag_path: str | Path, policy: DiffusionPolicy, params: PolicyNode
 
     ``window``: run the policy only at ticks this many seconds after the bag's start (observations
     before it still fill the buffer). ``cameras``: the policy file's recorded cameras (frames of another
-    size are rejected, as the node rejects them with ``check_cameras``).
+    size or camera serial are rejected, as the node rejects them with ``check_cameras``; serials are read from
+    the bag's ``/diagnostics``, as the node reads them live).
     """
     used = used_observations(params, policy.cfg.shape_meta)
     runner = PolicyRunner(policy, dt=params.dt, warm_start=params.warm_start, seed=seed,
@@ -85,7 +86,15 @@ def replay_bag(bag_path: str | Path, policy: DiffusionPolicy, params: PolicyNode
         bag.require([*by_topic, reference_topic], types)
         result = ReplayResult(start=bag.start_ns * 1e-9)
         next_tick = result.start + params.dt  # the first chance to run; then every period
-        total = sum(bag.topics[t].count for t in {*by_topic, reference_topic})
+        # the image keys whose recorded camera has a serial: confirmed by the camera node's /diagnostics
+        key_cameras = {key: camera_name(topic) for key, (topic, type_name) in used.items() if type_name == "Image"
+                       and params.check_cameras and cameras and key in cameras and cameras[key].serial}
+        diagnostics = {DIAGNOSTICS_TOPIC} if key_cameras and bag.has_messages(DIAGNOSTICS_TOPIC, "DiagnosticArray") else set()
+        if key_cameras and not diagnostics:
+            log.warning("%s: no %s in the bag to confirm the recorded camera serials of %s: their frames are "
+                        "refused (--params with check_cameras: false accepts them)", bag.path, DIAGNOSTICS_TOPIC,
+                        sorted(key_cameras))
+        total = sum(bag.topics[t].count for t in {*by_topic, reference_topic, *diagnostics})
 
         def tick(now: float) -> bool:
             """True when the policy gave a chunk (next tick one period later), else one control step later."""
@@ -101,10 +110,15 @@ def replay_bag(bag_path: str | Path, policy: DiffusionPolicy, params: PolicyNode
             result.warm.append(chunk.warm)
             return True
 
-        for m in tqdm(bag.messages({*by_topic, reference_topic}), total=total, desc="replay", disable=not progress):
+        for m in tqdm(bag.messages({*by_topic, reference_topic, *diagnostics}), total=total, desc="replay",
+                      disable=not progress):
             t = m.log_time_ns * 1e-9
             while next_tick < t:
                 next_tick += period if tick(next_tick) else params.dt
+            if m.topic in diagnostics:
+                for key, serial in serials_by_key(key_cameras, m.msg.status).items():
+                    loop.set_serial(key, serial)
+                continue
             if m.topic == reference_topic:
                 ref_t.append(stamp_seconds(m.msg.header.stamp))
                 ref_v.append(position_from_msg(m.msg, params.action_names))

@@ -133,7 +133,7 @@ def test_cameras_are_recorded_and_other_cameras_refused(tmp_path: Path, capsys: 
     assert main([str(bag), "-o", str(out), "--config", str(CONFIG), "--append"]) == 0 and episodes() == 2
     refusals = {
         "other": (write_cell_bag(tmp_path / "b", seconds=3.0, serials=["999"]), "camera serial 999, recorded from 817612070123"),
-        "unnamed": (write_cell_bag(tmp_path / "c", seconds=3.0), "this bag does not name its camera"),
+        "unnamed": (write_cell_bag(tmp_path / "c", seconds=3.0), "this bag names no serial for it"),
         "size": (write_cell_bag(tmp_path / "d", seconds=3.0, image_size=20, serials=["817612070123"]),
                  "frames are 20x20, recorded at 16x16"),
     }

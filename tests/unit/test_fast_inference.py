@@ -650,7 +650,7 @@ def test_auto_backend_falls_back_to_torch_when_the_graph_fails(monkeypatch: pyte
 
 def test_runner_warmup_leaves_no_state() -> None:
     cfg = tiny_policy_config(IMAGE, 2)
-    runner = PolicyRunner(DiffusionPolicy(cfg), dt=0.1, seed=0)
+    runner = PolicyRunner(DiffusionPolicy(cfg), dt=0.1, warm_start=True, seed=0)  # warm-up must not warm-start it
     first = runner.infer({k: v[0].numpy() for k, v in _obs(cfg, b=1).items()}, 0.0)
     runner.reset()
     assert runner.warmup() > 0

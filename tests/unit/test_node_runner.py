@@ -17,9 +17,17 @@ from dp_bringup.node_runner import check_parameters, run_node  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+def _isolated(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest):
+    """Own domain; and the pytest process's signal handlers back afterwards (run_node leaves SIGINT ignored
+    after a signal, which every later subprocess would inherit)."""
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     monkeypatch.setenv("ROS_DOMAIN_ID", str(unique_domain_id(request)))
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 class _Failing(Node):
@@ -64,9 +72,9 @@ class _Signalled(Node):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_the_spin_without_interrupting_a_callback(sig: int) -> None:
     """The handler runs inside the callback (main thread) and only asks the loop to stop: the callback
-    finishes, the cleanup runs, nothing is raised. SIGINT is ignored afterwards: the process is ending, and
-    the launch's copy of the user's Ctrl-C must not kill it while the interpreter finalizes."""
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    finishes, the cleanup runs, nothing is raised. Afterwards SIGINT is ignored (the process is ending, and
+    the launch's copy of the user's Ctrl-C must not kill it while the interpreter finalizes) and SIGTERM has
+    its default action (launch's escalation ends an exit that hangs)."""
     nodes: list[_Signalled] = []
     cleaned: list[Node] = []
 
@@ -77,9 +85,7 @@ def test_a_signal_stops_the_spin_without_interrupting_a_callback(sig: int) -> No
     run_node(factory, [], cleanup=cleaned.append)
     assert nodes[0].sent == 1 and nodes[0].ticks == 1  # the callback ran to its end; no second tick
     assert cleaned == nodes and not rclpy.ok()
-    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    for s, handler in before.items():
-        signal.signal(s, handler)
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_the_previous_handlers_come_back_without_a_signal() -> None:
@@ -89,18 +95,20 @@ def test_the_previous_handlers_come_back_without_a_signal() -> None:
     assert {s: signal.getsignal(s) for s in before} == before
 
 
-@pytest.mark.parametrize("repeat_s, sent", [(1.0, 2), (-1.0, 1)])
-def test_a_repeated_signal_is_one_request_and_a_later_one_interrupts(monkeypatch, repeat_s: float, sent: int) -> None:
-    """A Ctrl-C reaches a launched node twice at once (terminal and launch): still one request. A second signal
-    after ``REPEAT_S`` raises KeyboardInterrupt where the main thread is (here: before the count went up)."""
-    import dp_bringup.node_runner as runner
-
-    monkeypatch.setattr(runner._StopSignals, "REPEAT_S", repeat_s)  # -1: every repeat counts as a later one
+@pytest.mark.parametrize("signals, sent", [
+    ([signal.SIGINT, signal.SIGINT], 2),  # terminal + launch copy of one Ctrl-C: one request
+    ([signal.SIGINT, signal.SIGINT, signal.SIGINT], 2),  # a third SIGINT interrupts
+    ([signal.SIGINT, signal.SIGTERM], 1),  # launch's escalation (or kill) interrupts
+    ([signal.SIGTERM, signal.SIGTERM], 1),
+])
+def test_a_repeated_sigint_is_one_request_and_insisting_interrupts(signals: list[int], sent: int) -> None:
+    """An interrupting signal raises KeyboardInterrupt where the main thread is (here: inside the callback,
+    before the count went up); the cleanup still runs and run_node returns."""
     nodes: list[_Signalled] = []
     cleaned: list[Node] = []
 
     def factory() -> _Signalled:
-        nodes.append(_Signalled([signal.SIGINT, signal.SIGINT]))
+        nodes.append(_Signalled(signals))
         return nodes[-1]
 
     run_node(factory, [], cleanup=cleaned.append)

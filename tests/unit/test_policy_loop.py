@@ -13,7 +13,7 @@ from dp_core.policy import DiffusionPolicy
 def _loop() -> PolicyLoop:
     torch.manual_seed(0)
     cfg = tiny_policy_config({"cam": ObsSpec("rgb", [32, 32, 3]), "pos": ObsSpec("low_dim", [2])}, 2)
-    return PolicyLoop(PolicyRunner(DiffusionPolicy(cfg), dt=0.1, seed=0), dt=0.1, max_age=0.25)
+    return PolicyLoop(PolicyRunner(DiffusionPolicy(cfg), dt=0.1, warm_start=True, seed=0), dt=0.1, max_age=0.25)
 
 
 def test_chunk_from_aligned_observations_resizes_images() -> None:
@@ -26,7 +26,7 @@ def test_chunk_from_aligned_observations_resizes_images() -> None:
     chunk = loop.tick(now=0.35)
     assert chunk is not None and chunk.stamp == pytest.approx(0.29)  # the older of the two newest samples
     assert chunk.actions.shape == (16 - 1, 2) and not chunk.warm
-    again = loop.tick(now=0.35)  # same newest time: no whole step elapsed, cold again
+    again = loop.tick(now=0.35)  # warm starts on, but the same newest time: no whole step elapsed, cold again
     assert not again.warm
 
 

@@ -67,6 +67,31 @@ def test_replay_replans_every_ta_steps_and_retries_a_hold_one_step_later(tmp_pat
     assert len(report["action_error"]["rmse_by_step"]) == 8  # all Ta actions of each chunk are executed
 
 
+def test_replay_confirms_recorded_camera_serials_from_the_bag(tmp_path: Path) -> None:
+    """As the policy node: frames of an image key recorded with a serial are used once the camera node's
+    /diagnostics in the bag names that serial; another serial, or none, and they are refused."""
+    from dp_core.camera_sources import CameraSource
+
+    torch.manual_seed(0)
+    obs = {"image": ObsSpec("rgb", [32, 32, 3]), "agent_pos": ObsSpec("low_dim", [2], source="state", columns=[0, 2])}
+    policy = DiffusionPolicy(tiny_policy_config(obs, 2))
+    params = load_node_params(PARAMS)
+    cameras = {"image": CameraSource(16, 16, "111")}
+
+    def replay(name: str, serials: list[str] | None) -> ReplayResult:
+        return replay_bag(write_cell_bag(tmp_path / name, seconds=3.0, serials=serials), policy, params,
+                          progress=False, cameras=cameras)
+
+    named = replay("named", ["111"])
+    assert len(named.chunks) >= 3 and named.rejected["image"] <= 1  # a frame received before the first status
+    for name, serials in [("other", ["222"]), ("unnamed", None)]:
+        refused = replay(name, serials)
+        assert not refused.chunks and refused.rejected["image"] > 50, name  # 61 frames, all refused
+    unchecked = replay_bag(tmp_path / "unnamed", policy, dataclasses.replace(params, check_cameras=False),
+                           progress=False, cameras=cameras)
+    assert len(unchecked.chunks) == len(named.chunks)
+
+
 def test_replan_steps_is_checked_against_the_policy() -> None:
     cfg = _policy().cfg  # horizon 16, To 2: a chunk holds 15 actions from the newest observation's step on
     assert PolicyNodeParams(replan_steps=1).replan_period(cfg) == pytest.approx(0.1)

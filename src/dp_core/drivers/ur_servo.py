@@ -185,9 +185,14 @@ class URServoController:
     def stop(self) -> None:
         """Stop the loop, then always try servoStop, stopScript and disconnect (errors are logged)."""
         self._stop_event.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        try:
+            if self._thread is not None:
+                self._thread.join()
+                self._thread = None
+        finally:  # an interrupted join (a second Ctrl-C) still stops the arm
+            self._release()
+
+    def _release(self) -> None:
         with self._lock:
             self._state = ServoState.DISCONNECTED
             self._traj = None
