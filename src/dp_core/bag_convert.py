@@ -35,7 +35,7 @@ from tqdm import tqdm
 from .bag_io import BagError, BagReader, short_type
 from .camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
 from .camera_sources import (DIAGNOSTICS_TOPIC, CameraSource, camera_name, read_cameras, serials_from_statuses,
-                             write_cameras)
+                             with_new_episode, write_cameras)
 from .config import ConfigError, apply_overrides, from_dict, read_yaml
 from .control.stamps import STAMP_TOLERANCE_S as _EPS  # stamps this close count as equal
 from .dataset import DatasetError, EpisodeStore
@@ -205,9 +205,8 @@ def convert_bag(bag_path: str | Path, store: EpisodeStore, cfg: BagConversionCon
 
         arrays = {s.key: _gather(bag, s, picks[s.key], np.sort(np.concatenate([np.arange(a, b) for a, b in runs])), progress)
                   for s in streams}
-        recorded = read_cameras(store.group.attrs.get(CAMERAS_ATTRIBUTE))  # before the episodes, as the recorder
-        merged = {key: recorded[key].merged(cam) if key in recorded else cam for key, cam in cameras.items()}
-        store.group.attrs[CAMERAS_ATTRIBUTE] = write_cameras({**recorded, **merged})
+        dataset_cameras = with_new_episode(read_cameras(store.group.attrs.get(CAMERAS_ATTRIBUTE)), cameras)
+        store.group.attrs[CAMERAS_ATTRIBUTE] = write_cameras(dataset_cameras)  # before the episodes, as the recorder
         lengths = []
         for a, b in runs:
             episode = {s.key: arrays[s.key][a:b] for s in streams}
@@ -215,8 +214,8 @@ def convert_bag(bag_path: str | Path, store: EpisodeStore, cfg: BagConversionCon
             episode["timestamp"] = times[a:b]
             store.add_episode(episode)
             lengths.append(int(b - a))
-        return ConversionReport(str(bag.path), n, int(sum(lengths)), lengths, {k: v for k, v in dropped.items() if v}, merged)
-
+        return ConversionReport(str(bag.path), n, int(sum(lengths)), lengths, {k: v for k, v in dropped.items() if v},
+                                {key: dataset_cameras[key] for key in cameras})
 
 
 def _bag_cameras(path: Path, streams: list[_Stream], serials: dict[str, set[str]]) -> dict[str, CameraSource]:

@@ -50,6 +50,12 @@ class CameraSource:
         return CameraSource(self.height, self.width, self.serial or later.serial)
 
 
+def with_new_episode(recorded: Mapping[str, CameraSource], episode: Mapping[str, CameraSource]) -> dict[str, CameraSource]:
+    """The dataset's cameras once an episode from ``episode``'s cameras (already checked against them) is added:
+    new keys join, and a recorded camera without serial takes the one the episode names."""
+    return {**recorded, **{key: recorded[key].merged(cam) if key in recorded else cam for key, cam in episode.items()}}
+
+
 def read_cameras(data: Mapping | None) -> dict[str, CameraSource]:
     """``{key: CameraSource}`` from a dataset attribute or policy-file extra (absent: empty)."""
     return {key: CameraSource.from_dict(value) for key, value in (data or {}).items()}

@@ -36,3 +36,13 @@ def test_camera_names_from_topics_and_diagnostics() -> None:
         ("ur_driver: camera_3x", "9")]]
     assert serials_from_statuses(statuses) == {"camera_0": "111", "camera_1": "222"}
     assert serials_by_key({"wrist": "camera_1", "front": "camera_2"}, statuses) == {"wrist": "222"}
+
+
+def test_a_new_episode_adds_keys_and_fills_in_unknown_serials() -> None:
+    from dp_core.camera_sources import with_new_episode
+
+    recorded = {"front": CameraSource(480, 640), "wrist": CameraSource(240, 320, "222")}
+    episode = {"front": CameraSource(480, 640, "111"), "top": CameraSource(96, 96)}
+    assert with_new_episode(recorded, episode) == {"front": CameraSource(480, 640, "111"),
+                                                   "wrist": CameraSource(240, 320, "222"), "top": CameraSource(96, 96)}
+    assert with_new_episode(recorded, {}) == recorded

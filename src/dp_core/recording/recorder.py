@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from ..camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
-from ..camera_sources import CameraSource, read_cameras, write_cameras
+from ..camera_sources import CameraSource, read_cameras, with_new_episode, write_cameras
 from ..control.obs_buffer import ObsBuffer
 from .episode_writer import EpisodeWriter
 
@@ -235,9 +235,8 @@ class EpisodeRecorder:
         if self.writer.episode_steps == 0:
             self.discard()
             raise RecorderError(f"episode {index} had no complete step (stale inputs: {self._stale}); discarded")
-        recorded = self._recorded_cameras()  # before the commit: a committed episode always has its cameras
-        cameras = {key: recorded[key].merged(live) if key in recorded else live for key, live in self.cameras().items()}
-        self.writer.group.attrs[CAMERAS_ATTRIBUTE] = write_cameras({**recorded, **cameras})
+        # before the commit: a committed episode always has its cameras
+        self.writer.group.attrs[CAMERAS_ATTRIBUTE] = write_cameras(with_new_episode(self._recorded_cameras(), self.cameras()))
         steps = self.writer.commit()
         videos = self._close_videos(keep=index)
         return EpisodeSummary(index, steps, now - self._start, self._dropped, dict(self._stale), videos)
