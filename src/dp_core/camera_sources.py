@@ -80,6 +80,13 @@ def camera_name(topic: str) -> str:
     return topic.strip("/").split("/")[0]
 
 
+def cameras_to_confirm(used: Mapping[str, tuple[str, str]], cameras: Mapping[str, CameraSource]) -> dict[str, str]:
+    """``{key: camera name}`` of the used image observations (key -> (topic, message type)) recorded with a
+    serial: their frames wait until the camera node's ``/diagnostics`` names that serial."""
+    return {key: camera_name(topic) for key, (topic, type_name) in used.items()
+            if type_name == "Image" and key in cameras and cameras[key].serial}
+
+
 def serials_from_statuses(statuses: Iterable) -> dict[str, str]:
     """``{camera name: serial}`` from ``/diagnostics`` statuses (anything with ``name`` and ``hardware_id``:
     a DiagnosticStatus message, live or read from a bag)."""

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from .bag_convert import interpolate
 from .bag_io import BagError, BagReader
 from .camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
-from .camera_sources import DIAGNOSTICS_TOPIC, CameraSource, camera_name, read_cameras, serials_by_key
+from .camera_sources import DIAGNOSTICS_TOPIC, CameraSource, cameras_to_confirm, read_cameras, serials_by_key
 from .checkpoint import CheckpointError, load_policy, policy_file_extra
 from .config import ConfigError
 from .control.policy_loop import PolicyLoop
@@ -72,7 +72,8 @@ def replay_bag(bag_path: str | Path, policy: DiffusionPolicy, params: PolicyNode
     used = used_observations(params, policy.cfg.shape_meta)
     runner = PolicyRunner(policy, dt=params.dt, warm_start=params.warm_start, seed=seed,
                           inference=params.inference_options())
-    loop = PolicyLoop(runner, params.dt, params.max_obs_age_s, cameras if params.check_cameras else None)
+    checked = (cameras or {}) if params.check_cameras else {}
+    loop = PolicyLoop(runner, params.dt, params.max_obs_age_s, checked)
     n_exec = params.replan_steps or policy.cfg.n_action_steps  # executed before the next chunk replaces them
     by_topic: dict[str, list[tuple[str, str]]] = {}
     for key, (topic, type_name) in used.items():
@@ -87,8 +88,7 @@ def replay_bag(bag_path: str | Path, policy: DiffusionPolicy, params: PolicyNode
         result = ReplayResult(start=bag.start_ns * 1e-9)
         next_tick = result.start + params.dt  # the first chance to run; then every period
         # the image keys whose recorded camera has a serial: confirmed by the camera node's /diagnostics
-        key_cameras = {key: camera_name(topic) for key, (topic, type_name) in used.items() if type_name == "Image"
-                       and params.check_cameras and cameras and key in cameras and cameras[key].serial}
+        key_cameras = cameras_to_confirm(used, checked)
         diagnostics = {DIAGNOSTICS_TOPIC} if key_cameras and bag.has_messages(DIAGNOSTICS_TOPIC, "DiagnosticArray") else set()
         if key_cameras and not diagnostics:
             log.warning("%s: no %s in the bag to confirm the recorded camera serials of %s: their frames are "

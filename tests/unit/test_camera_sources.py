@@ -46,3 +46,13 @@ def test_a_new_episode_adds_keys_and_fills_in_unknown_serials() -> None:
     assert with_new_episode(recorded, episode) == {"front": CameraSource(480, 640, "111"),
                                                    "wrist": CameraSource(240, 320, "222"), "top": CameraSource(96, 96)}
     assert with_new_episode(recorded, {}) == recorded
+
+
+def test_cameras_to_confirm_are_the_used_image_keys_recorded_with_a_serial() -> None:
+    from dp_core.camera_sources import cameras_to_confirm
+
+    used = {"front": ("/camera_0/color/image_raw", "Image"), "wrist": ("/camera_1/color/image_raw", "Image"),
+            "pos": ("/robot/tcp_pose", "PoseStamped")}
+    cameras = {"front": CameraSource(480, 640, "111"), "wrist": CameraSource(480, 640), "top": CameraSource(96, 96, "9")}
+    assert cameras_to_confirm(used, cameras) == {"front": "camera_0"}
+    assert cameras_to_confirm(used, {}) == {}

@@ -29,7 +29,7 @@ from trajectory_msgs.msg import JointTrajectory
 from dp_bringup.node_runner import check_parameters, diagnostic_status, publish_diagnostics, run_node
 from dp_bringup.ros_conversions import chunk_to_msg
 from dp_core.camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
-from dp_core.camera_sources import camera_name, read_cameras, serials_by_key
+from dp_core.camera_sources import DIAGNOSTICS_TOPIC, cameras_to_confirm, read_cameras, serials_by_key
 from dp_core.checkpoint import CheckpointError, load_policy, policy_file_extra
 from dp_core.control.policy_loop import PolicyLoop
 from dp_core.control.policy_params import PolicyNodeParams, check_renamed, used_observations
@@ -69,10 +69,9 @@ class PolicyNode(Node):
                                f"{'fast' if policy.uses_fast_path else 'reference'} path): {runner.warmup():.2f} s")
         cameras = read_cameras(policy_file_extra(checkpoint).get(CAMERAS_ATTRIBUTE)) if p.check_cameras else {}
         self.loop = PolicyLoop(runner, self.dt, max_age, cameras)
-        self._image_cameras = {key: camera_name(topic) for key, (topic, type_name) in used.items()
-                               if type_name == "Image" and key in cameras and cameras[key].serial}
+        self._image_cameras = cameras_to_confirm(used, cameras)
         if self._image_cameras:  # the camera node names each camera's serial in its diagnostics
-            self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+            self.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self._on_diagnostics, 10)
         for key, cam in cameras.items():
             self.get_logger().info(f"observation '{key}': recorded from a {cam.height}x{cam.width} camera"
                                    f"{f' (serial {cam.serial})' if cam.serial else ''}; other cameras are refused")
