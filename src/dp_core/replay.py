@@ -53,7 +53,7 @@ class ReplayResult:
     latencies: list[float] = field(default_factory=list)
     warm: list[bool] = field(default_factory=list)
     refusals: Counter = field(default_factory=Counter)  # kind -> ticks
-    rejected: Counter = field(default_factory=Counter)  # observation key -> malformed samples skipped, as the node does
+    rejected: Counter = field(default_factory=Counter)  # observation key -> refused samples skipped, as the node does
     ref_stamps: np.ndarray = field(default_factory=lambda: np.zeros(0))
     ref_values: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
@@ -125,9 +125,10 @@ def replay_bag(bag_path: str | Path, policy: DiffusionPolicy, params: PolicyNode
             for key, type_name in by_topic.get(m.topic, ()):
                 try:
                     loop.add(key, *observation_from_msg(m.msg, type_name, loop.specs[key]))
-                except ValueError as exc:  # a malformed sample: the policy node skips it too
+                except ValueError as exc:  # refused (size, encoding, stamp, another camera): the policy node skips it too
                     if not result.rejected:
-                        log.warning("%s: skipping malformed samples, first: %s -> '%s': %s", bag.path, m.topic, key, exc)
+                        log.warning("%s: skipping samples the policy node would reject, first: %s -> '%s': %s",
+                                    bag.path, m.topic, key, exc)
                     result.rejected[key] += 1
                 except TypeError as exc:
                     raise BagError(f"{bag.path}: {m.topic} -> '{key}': {exc}") from None

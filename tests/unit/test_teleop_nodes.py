@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -298,3 +299,29 @@ def test_sim_cell_ignores_targets_published_before_its_reset(request) -> None:
         sim.destroy_node()
     finally:
         rclpy.try_shutdown(context=context)
+
+
+def test_scripted_teleop_thread_ends_at_shutdown(ros, tmp_path: Path) -> None:
+    """The demonstration thread stops when the node shuts down (it used to go on publishing and calling
+    services on the destroyed node), and a shutdown is not reported as a failed recording."""
+    from geometry_msgs.msg import PoseStamped
+    from rclpy.parameter import Parameter
+
+    from dp_bringup.nodes.scripted_teleop_node import ScriptedTeleopNode
+    from conftest import write_episodes
+
+    demos = write_episodes(tmp_path / "demos.zarr", [{"action": np.full((30, 2), 250.0, np.float32)}])
+    node = ros.add(ScriptedTeleopNode(context=ros.context, parameter_overrides=[
+        Parameter("demo_dataset", value=str(demos)), Parameter("num_demos", value=1),
+        Parameter("service_timeout_s", value=30.0)]))
+    probe = ros.probe("probe")
+    state = probe.create_publisher(PoseStamped, "/robot/tcp_pose", 10)
+    probe.create_timer(0.02, lambda: state.publish(pose(probe, 250.0, 250.0)))
+    ros.spin_until(node._state_seen.is_set, 5.0)
+    assert node._state_seen.is_set()
+    ros.spin_until(lambda: False, 0.3)  # the thread now waits for the teleop's resync service (none here)
+    assert node._thread.is_alive()
+    start = time.monotonic()
+    node.stop()
+    assert not node._thread.is_alive() and time.monotonic() - start < 1.0
+    assert node.finished.is_set() and node.failed is None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from geometry_msgs.msg import PoseStamped
@@ -41,8 +42,8 @@ DEFAULTS: dict[str, Any] = {
 
 
 class ScriptedTeleopNode(Node):
-    def __init__(self) -> None:
-        super().__init__("scripted_teleop")
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("scripted_teleop", **kwargs)
         self.declare_parameters("", list(DEFAULTS.items()))
         check_parameters(self)
         self.p = {name: self.get_parameter(name).value for name in DEFAULTS}
@@ -62,6 +63,7 @@ class ScriptedTeleopNode(Node):
             "reset": self.create_client(Trigger, self.p["cell_reset"]),
         }
         self.finished = threading.Event()
+        self._stopping = threading.Event()  # set at shutdown: the thread ends without touching the node again
         self.failed: str | None = None
         self.create_timer(0.1, self._check_finished)
         self._thread = threading.Thread(target=self._run, name="scripted-teleop", daemon=True)
@@ -71,16 +73,34 @@ class ScriptedTeleopNode(Node):
         if self.finished.is_set():
             raise SystemExit(1 if self.failed else 0)  # the launch (and its caller) sees a failed recording
 
+    def stop(self) -> None:
+        """End the demonstration thread (at shutdown, before the node is destroyed)."""
+        self._stopping.set()
+        self._thread.join(timeout=2.0)
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep ``seconds``; raises ``_Stopped`` as soon as the node shuts down."""
+        if self._stopping.wait(timeout=max(0.0, seconds)):
+            raise _Stopped
+
+    def _until(self, ready: Callable[[], bool], timeout_s: float) -> bool:
+        """Whether ``ready()`` turned true within ``timeout_s`` (polled); raises ``_Stopped`` at shutdown."""
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            if time.monotonic() > deadline:
+                return False
+            self._wait(0.05)
+        return True
+
     def _call(self, name: str, retry_until_success: bool = False) -> str:
         client: Client = self.clients_[name]
-        deadline = time.monotonic() + self.p["service_timeout_s"]
-        if not client.wait_for_service(timeout_sec=self.p["service_timeout_s"]):
+        timeout = self.p["service_timeout_s"]
+        deadline = time.monotonic() + timeout
+        if not self._until(client.service_is_ready, timeout):
             raise RuntimeError(f"service {client.srv_name} not available")
         while True:
-            done = threading.Event()
             future = client.call_async(Trigger.Request())
-            future.add_done_callback(lambda _: done.set())
-            if not done.wait(timeout=self.p["service_timeout_s"]):
+            if not self._until(future.done, timeout):
                 raise RuntimeError(f"service {client.srv_name} did not answer")
             result = future.result()
             if result.success or not retry_until_success:
@@ -89,11 +109,11 @@ class ScriptedTeleopNode(Node):
                 return result.message
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{client.srv_name} kept failing: {result.message}")
-            time.sleep(0.2)
+            self._wait(0.2)
 
     def _run(self) -> None:
         try:
-            if not self._state_seen.wait(timeout=self.p["service_timeout_s"]):
+            if not self._until(self._state_seen.is_set, self.p["service_timeout_s"]):
                 raise RuntimeError(f"no measured pose on {self.p['state_topic']}")
             period = 1.0 / self.p["rate_hz"]
             for n, (index, actions) in enumerate(self.demos):
@@ -101,7 +121,7 @@ class ScriptedTeleopNode(Node):
                     self._call("pause")
                     self._call("reset")
                 self._call("resync")
-                time.sleep(0.3)  # teleop picks up the new measured pose
+                self._wait(0.3)  # teleop picks up the new measured pose
                 self._call("start", retry_until_success=True)
                 self.get_logger().info(f"demonstration {index}: {len(actions)} targets at {self.p['rate_hz']:.0f} Hz")
                 next_t = time.monotonic()
@@ -110,8 +130,10 @@ class ScriptedTeleopNode(Node):
                     self.target_pub.publish(pose_stamped(stamp, self.p["frame_id"], [action[0], action[1], 0.0],
                                                          [0.0, 0.0, 0.0, 1.0]))
                     next_t += period
-                    time.sleep(max(0.0, next_t - time.monotonic()))
+                    self._wait(next_t - time.monotonic())
                 self.get_logger().info(self._call("stop"))
+        except _Stopped:  # shutdown: the recorder's own cleanup deals with an open episode
+            pass
         except Exception as exc:  # report and end the launch; nothing half-recorded is committed
             self.failed = str(exc)
             self.get_logger().error(f"scripted teleop failed: {exc}")
@@ -119,5 +141,9 @@ class ScriptedTeleopNode(Node):
             self.finished.set()
 
 
+class _Stopped(Exception):
+    """The node is shutting down."""
+
+
 def main(args: list[str] | None = None) -> None:
-    run_node(ScriptedTeleopNode, args)
+    run_node(ScriptedTeleopNode, args, cleanup=ScriptedTeleopNode.stop)
