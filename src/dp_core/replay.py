@@ -124,7 +124,7 @@ def replay_bag(bag_path: str | Path, policy: DiffusionPolicy, params: PolicyNode
                 ref_v.append(position_from_msg(m.msg, params.action_names))
             for key, type_name in by_topic.get(m.topic, ()):
                 try:
-                    loop.add(key, *observation_from_msg(m.msg, type_name, loop.specs[key]))
+                    loop.add(key, *observation_from_msg(m.msg, type_name, loop.specs[key]), now=t)
                 except ValueError as exc:  # refused (size, encoding, stamp, another camera): the policy node skips it too
                     if not result.rejected:
                         log.warning("%s: skipping samples the policy node would reject, first: %s -> '%s': %s",

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from dp_core.control import ActionSchedule
+from dp_core.control.action_schedule import CLOCK_STEP_BACK_S, FUTURE_TOLERANCE_S
 
 DT = 0.1
 
@@ -22,7 +23,7 @@ def test_late_actions_are_dropped(latency: float, dropped: int) -> None:
     stats = s.add_chunk(10.0, ramp(), now=10.0 + latency)  # margin 0.01: due <= now + 0.01 dropped
     assert (stats.received, stats.dropped, s.pending) == (8, dropped, 8 - dropped)
     assert stats.first_due == pytest.approx(10.0 + (dropped + 1) * DT)
-    sent = [a for k in range(1, 9) for a in s.pop_due(10.0 + k * DT + 1e-6)]
+    sent = [a for k in range(1, 9) for a in s.pop_due(max(10.0 + k * DT, 10.0 + latency) + 1e-6)]  # time runs on
     assert [a.due for a in sent] == pytest.approx([10.0 + k * DT for k in range(dropped + 1, 9)])
     assert [a.action[0] for a in sent] == pytest.approx(list(ramp()[dropped:, 0]))
     assert (s.stats.dropped, s.stats.sent) == (dropped, 8 - dropped)
@@ -167,8 +168,35 @@ def test_bad_chunks_raise_and_change_nothing(actions: np.ndarray, match: str) ->
     assert (s.pending, s.stats.chunks, s.stats.received, s.last_chunk_time) == before
 
 
+def test_a_chunk_stamped_in_the_future_is_refused() -> None:
+    s = schedule()
+    s.add_chunk(10.0 + FUTURE_TOLERANCE_S, ramp(), now=10.0)  # within the clocks' tolerance
+    with pytest.raises(ValueError, match="in the future"):
+        s.add_chunk(15.0, ramp(), now=10.05)
+    assert s.last_chunk_time == 10.0 and s.stats.chunks == 1
+
+
+def test_the_clock_stepping_back_discards_the_schedule_and_waits_for_a_fresh_chunk() -> None:
+    s = schedule(watchdog_s=0.5)
+    s.add_chunk(100.0, ramp(), now=100.0)  # due 100.1 .. 100.8
+    assert len(s.pop_due(100.35)) == 3
+    # The system clock is set back 10 s: nothing of the old schedule goes out, the watchdog holds ...
+    assert s.pop_due(90.4) == [] and s.hold(90.4)
+    assert (s.stats.clock_steps_back, s.stats.expired, s.pending) == (1, 5, 0)
+    # ... and a chunk on the new time base runs at once (its actions are not "before one already sent").
+    stats = s.add_chunk(90.4, ramp(start=4.0), now=90.42)
+    assert stats.first_due == pytest.approx(90.5) and not s.hold(90.45)
+    sent = s.pop_due(90.6)
+    assert [a.due for a in sent] == pytest.approx([90.5, 90.6])
+    # A step back within the tolerance (timer jitter, a slewing clock) changes nothing.
+    s.pop_due(90.6 - CLOCK_STEP_BACK_S / 2)
+    assert s.stats.clock_steps_back == 1 and s.pending == 6
+
+
 def test_bad_configuration() -> None:
     with pytest.raises(ValueError, match="workspace"):
         schedule(workspace_min=[0.0, 10.0], workspace_max=[1.0, 5.0])
     with pytest.raises(ValueError, match="max_step"):
         schedule(max_step=0.0)
+    with pytest.raises(ValueError, match="watchdog_s"):
+        schedule(watchdog_s=float("inf"))

@@ -107,3 +107,18 @@ def test_node_publishes_waypoints_at_their_due_times(ros) -> None:
     assert values["actions_received"] == "4" and values["chunks_rejected"] == "0"
     assert float(values["obs_to_due_p50_s"]) == pytest.approx(0.1, abs=1e-3)  # first action due stamp + dt
     assert 0.0 <= float(values["obs_to_sent_p50_s"]) < 0.1  # sent lead_time_s before due, after arrival
+
+
+@pytest.mark.parametrize("name, value, match", [
+    ("max_step", float("nan"), "max_step must be finite"),
+    ("lead_time_s", float("nan"), "lead_time_s"),
+    ("lead_time_s", 1.5, "lead_time_s"),  # not below watchdog_s (1.2): every action would be sent at once
+    ("watchdog_s", float("inf"), "watchdog_s"),
+])
+def test_node_refuses_unsafe_parameters(ros, name: str, value: float, match: str) -> None:
+    from rclpy.parameter import Parameter
+
+    from dp_bringup.nodes.executor_node import ActionExecutorNode
+
+    with pytest.raises(ValueError, match=match):
+        ActionExecutorNode(context=ros.context, parameter_overrides=[Parameter(name, value=value)])

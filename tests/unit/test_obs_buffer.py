@@ -107,6 +107,21 @@ def test_bad_input() -> None:
         ObsBuffer(["a", "a"], n_obs_steps=2, dt=0.1, max_age=1.0)
 
 
+def test_samples_stamped_in_the_future() -> None:
+    buf = filled(CAMERA, ROBOT)
+    assert buf.get(0.24) is not None
+    # Told the time, add refuses a stamp more than max_age ahead: one bad frame cannot push the history out.
+    with pytest.raises(ValueError, match="in the future"):
+        buf.add("camera", 3600.0, frame(0.0), now=0.24)
+    buf.add("camera", 0.24 + 0.1, frame(0.34), now=0.24)  # within max_age: accepted
+    assert buf.stamps("camera")[-1] == pytest.approx(0.34)
+    # Without the time, get refuses while a stream's newest sample lies that far ahead.
+    buf.add("robot", 50.0, np.array([0.0, 0.0]))
+    assert buf.get(0.26) is None
+    assert buf.refusal.kind is RefusalKind.FUTURE and buf.refusal.stream == "robot"
+    assert "in the future" in buf.refusal.message
+
+
 def test_alignment_at_clock_time_stamps() -> None:
     # Real stamps are clock times (~1.7e9 s, float64 resolution ~2.4e-7 s): a sample stamped exactly on a
     # grid time t0 - k * dt must be taken, not the one before it (1e-9 s of tolerance missed 20 % of them).

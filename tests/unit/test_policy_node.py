@@ -1,4 +1,4 @@
-"""The policy node survives malformed observation messages (it skips and counts them)."""
+"""The policy node survives malformed or mis-stamped observation messages (it skips and counts them)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,19 @@ def test_a_malformed_sample_is_rejected_not_fatal(tmp_path: Path, request: pytes
             pub.publish(msg)
             executor.spin_once(timeout_sec=0.05)  # a callback's exception would propagate from here
         assert node.stats["rejected_samples"] >= 3
+        assert "8 poses" in node.stats["last_refusal"]
+        # A well-formed sample stamped far ahead (a clock out of sync) is refused too, and names the reason.
+        msg = PoseArray(poses=[Pose() for _ in range(9)])
+        now = node.get_clock().now().nanoseconds
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now + 3600 * 10**9, 10**9)
+        before = node.stats["rejected_samples"]
+        deadline = time.monotonic() + 5.0
+        while node.stats["rejected_samples"] == before and time.monotonic() < deadline:
+            pub.publish(msg)
+            executor.spin_once(timeout_sec=0.05)
+        assert "in the future" in node.stats["last_refusal"]
+        # The inference thread runs on the node's own context (it checked rclpy's default one and ended at once).
+        assert node._thread.is_alive() and node.stats["refused"] > 0
         node.stop()
     finally:
         rclpy.try_shutdown(context=context)

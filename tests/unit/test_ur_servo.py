@@ -369,6 +369,10 @@ def test_config_validation() -> None:
         ServoConfig(gain=50.0)
     with pytest.raises(ValueError, match="workspace_min <= workspace_max"):
         ServoConfig(workspace_min=(0, 0, 1), workspace_max=(1, 1, 0))
+    for name in ("max_speed", "max_rot_speed", "watchdog_s", "frequency"):
+        for bad in (float("inf"), float("nan")):
+            with pytest.raises(ValueError, match=f"finite {name}"):
+                ServoConfig(**{name: bad})
 
 
 @pytest.mark.ros

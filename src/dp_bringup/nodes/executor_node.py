@@ -15,6 +15,7 @@ sent (``obs_to_sent``) and to that action's due time (``obs_to_due``), p50 and p
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any
 
@@ -55,8 +56,12 @@ class ActionExecutorNode(Node):
         dim = len(p["workspace_min"])
         if not 1 <= dim <= len(POSITION_AXES):
             raise ValueError(f"workspace_min has {dim} dimensions; actions give 1 to 3 of {POSITION_AXES}")
-        if p["rate_hz"] <= 0:
+        if not 0 < p["rate_hz"] < math.inf:
             raise ValueError(f"rate_hz must be > 0; got {p['rate_hz']}")
+        if not math.isfinite(p["max_step"]):
+            raise ValueError(f"max_step must be finite (<= 0: no limit); got {p['max_step']}")
+        if not 0 <= p["lead_time_s"] < p["watchdog_s"]:
+            raise ValueError(f"lead_time_s must be >= 0 and < watchdog_s ({p['watchdog_s']}); got {p['lead_time_s']}")
         self._schedule = ActionSchedule(
             p["dt"],
             workspace_min=p["workspace_min"],
@@ -144,6 +149,7 @@ class ActionExecutorNode(Node):
             "fraction_dropped": f"{s.fraction_dropped:.3f}",
             "actions_replaced": s.replaced,
             "actions_expired": s.expired,
+            "clock_steps_back": s.clock_steps_back,
             "actions_clamped": s.clamped,
             "actions_step_limited": s.limited,
             "actions_sent": s.sent,

@@ -16,7 +16,6 @@ from collections import deque
 from typing import Any
 
 import numpy as np
-import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseArray, PoseStamped
@@ -101,7 +100,7 @@ class PolicyNode(Node):
 
         def callback(msg) -> None:
             try:
-                self.loop.add(key, *observation_from_msg(msg, type_name, spec))  # the decoding bag replay uses
+                self.loop.add(key, *observation_from_msg(msg, type_name, spec), now=self._now())  # as replay does
             except ValueError as exc:  # a malformed sample (wrong size, encoding, non-finite stamp, other camera): skip it
                 self.stats["rejected_samples"] += 1
                 self.stats["last_refusal"] = str(exc)
@@ -118,12 +117,12 @@ class PolicyNode(Node):
 
     def _inference_loop(self) -> None:
         next_t = time.monotonic()
-        while not self._stop.is_set() and rclpy.ok():
+        while not self._stop.is_set() and self.context.ok():
             published = False
             try:
                 published = self._tick()
             except Exception as exc:  # keep running; a bad sample must not kill the node
-                if self._stop.is_set() or not rclpy.ok():
+                if self._stop.is_set() or not self.context.ok():
                     break  # shutting down: the context went away under a publish
                 self.get_logger().error(f"inference failed: {exc!r}", throttle_duration_sec=2.0)
             next_t += self.period if published else self.dt  # holding: try again at the next control step
@@ -143,7 +142,7 @@ class PolicyNode(Node):
         if chunk is None:
             self.stats["refused"] += 1
             self.stats["last_refusal"] = self.loop.refusal.message if self.loop.refusal else ""
-            self.get_logger().warn(f"holding: {self.stats['last_refusal']}", throttle_duration_sec=2.0)
+            self.get_logger().warning(f"holding: {self.stats['last_refusal']}", throttle_duration_sec=2.0)
             return False
         if self.extra_latency > 0:  # artificial delay, for latency-robustness experiments
             time.sleep(self.extra_latency)

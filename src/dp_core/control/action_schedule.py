@@ -7,6 +7,11 @@ strictly ordered in time), and the rest replace whatever was scheduled from the 
 onward. Sent actions are clamped to a workspace box and their step from the previously sent action is
 limited (a speed limit: ``max_step`` per ``dt`` of due time); a watchdog stops execution when chunks
 stop coming.
+
+Clocks: ``now`` and the chunks' stamps must come from clocks that agree (one machine, or synchronised).
+A chunk stamped more than :data:`FUTURE_TOLERANCE_S` after ``now`` is refused, and ``now`` stepping back
+by more than :data:`CLOCK_STEP_BACK_S` (a system clock set back) discards the schedule and waits for a
+fresh chunk, as the watchdog does: either would otherwise keep the watchdog quiet while nothing new is sent.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ import numpy as np
 
 from .command_limits import CommandLimiter
 from .stamps import STAMP_TOLERANCE_S as _EPS  # due times this close count as equal
+
+FUTURE_TOLERANCE_S = 0.1  # a chunk may be stamped this far after ``now`` (clock offsets between machines)
+CLOCK_STEP_BACK_S = 0.1  # ``now`` earlier than the latest ``now`` by more than this: the clock was set back
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,8 @@ class ScheduleStats:
     dropped: int = 0  # late on arrival, or not after an action already sent
     late: int = 0  # of those, late on arrival (due at or before now + latency_margin)
     replaced: int = 0  # overridden by a newer chunk (normal in receding-horizon control)
-    expired: int = 0  # discarded unsent when the watchdog fired
+    expired: int = 0  # discarded unsent when the watchdog fired (or the clock stepped back)
+    clock_steps_back: int = 0  # times ``now`` went back by more than CLOCK_STEP_BACK_S
     clamped: int = 0
     limited: int = 0
     sent: int = 0
@@ -89,8 +98,8 @@ class ActionSchedule:
         watchdog_s: float = 1.2,  # > a replanning period of Ta * dt = 0.8 s plus inference (the executor's default)
     ) -> None:
         self.limiter = CommandLimiter(workspace_min, workspace_max, max_step)
-        if not (dt > 0 and watchdog_s > 0 and latency_margin >= 0):
-            raise ValueError(f"need dt > 0, watchdog_s > 0 and latency_margin >= 0; got "
+        if not (0 < dt < math.inf and 0 < watchdog_s < math.inf and 0 <= latency_margin < math.inf):
+            raise ValueError(f"need finite dt > 0, watchdog_s > 0 and latency_margin >= 0; got "
                              f"dt={dt}, watchdog_s={watchdog_s}, latency_margin={latency_margin}")
         self.dt = float(dt)
         self.latency_margin = float(latency_margin)
@@ -103,6 +112,7 @@ class ActionSchedule:
         self._stamps: list[float] = []
         self._last_chunk: float | None = None
         self._last_sent_due: float | None = None
+        self._latest_now: float | None = None
 
     @property
     def dim(self) -> int:
@@ -124,7 +134,8 @@ class ActionSchedule:
         by its :class:`ScheduledAction` items for latency accounting; it differs from ``stamp`` only
         when the caller schedules from arrival time (no latency compensation).
 
-        Raises ``ValueError`` (leaving the schedule untouched) on a wrong shape or non-finite values.
+        Raises ``ValueError`` (leaving the schedule untouched) on a wrong shape, non-finite values, or a
+        ``stamp`` more than :data:`FUTURE_TOLERANCE_S` after ``now``.
         """
         arr = np.asarray(actions, dtype=float)
         if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] != self.dim:
@@ -134,6 +145,10 @@ class ActionSchedule:
             raise ValueError(f"action chunk has NaN/inf values in rows {rows}")
         if not (math.isfinite(stamp) and math.isfinite(now)):
             raise ValueError(f"stamp and now must be finite; got stamp={stamp}, now={now}")
+        if stamp > now + FUTURE_TOLERANCE_S:
+            raise ValueError(f"chunk stamped {stamp - now:.3f} s in the future (tolerance {FUTURE_TOLERANCE_S} s): "
+                             "the clocks of the observations and of the executor disagree")
+        self._check_clock(now)
         if self.hold(now):  # the watchdog has fired: what is still scheduled is stale, never send it
             self._expire()
         n = arr.shape[0]
@@ -170,6 +185,7 @@ class ActionSchedule:
         waypoints would turn the policy's path into a straight chord that can cut corners in contact.
         Their stamps stay their (past) due times so the receiver can see they are late.
         """
+        self._check_clock(now)
         if self.hold(now):
             self._expire()
             return []
@@ -179,6 +195,16 @@ class ActionSchedule:
         del self._due[:n], self._stamps[:n], self._actions[:n]
         self.stats.sent += n
         return out
+
+    def _check_clock(self, now: float) -> None:
+        """Start over (as after the watchdog) when ``now`` is well before a ``now`` seen earlier."""
+        if self._latest_now is not None and now < self._latest_now - CLOCK_STEP_BACK_S:
+            self.stats.clock_steps_back += 1
+            self._expire()
+            self._last_chunk = self._last_sent_due = None
+            self._latest_now = now
+        else:
+            self._latest_now = now if self._latest_now is None else max(self._latest_now, now)
 
     def _expire(self) -> None:
         self.stats.expired += len(self._due)

@@ -23,6 +23,7 @@ class RefusalKind(enum.Enum):
     EMPTY = "empty"
     STALE = "stale"
     NO_HISTORY = "no_history"
+    FUTURE = "future"
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ class Refusal:
     """Why :meth:`ObsBuffer.get` returned nothing.
 
     ``seconds``: for ``STALE`` the age of the stream's newest sample; for ``NO_HISTORY`` how far the
-    stream's oldest sample lies after the target time it should cover. ``limit`` is the bound it broke.
+    stream's oldest sample lies after the target time it should cover; for ``FUTURE`` how far its newest
+    sample lies after ``now``. ``limit`` is the bound it broke.
     """
 
     kind: RefusalKind
@@ -45,6 +47,9 @@ class Refusal:
         if self.kind is RefusalKind.STALE:
             return (f"stream '{self.stream}' is stale: its newest sample is {self.seconds:.3f} s old "
                     f"(max_age {self.limit:.3f} s)")
+        if self.kind is RefusalKind.FUTURE:
+            return (f"stream '{self.stream}' is stamped {self.seconds:.3f} s in the future (tolerance "
+                    f"{self.limit:.3f} s): its clock and this one disagree")
         return (f"stream '{self.stream}' has too little history: its oldest sample is {self.seconds:.3f} s "
                 f"after the earliest observation time (tolerance {self.limit:.3f} s)")
 
@@ -64,7 +69,9 @@ class ObsBuffer:
     Each stream keeps what :meth:`get` can need, whatever its rate: its samples back to the last one at or
     before ``(n_obs_steps - 1) * dt + max_age + dt`` before its newest sample, and at most ``capacity`` (a
     memory bound: 4096 samples are 2 s at 2 kHz). Samples may arrive out of order; a sample with an
-    existing stamp replaces it.
+    existing stamp replaces it. A sample stamped more than ``max_age`` after ``now`` is refused when
+    :meth:`add` is told ``now`` (a bad stamp far ahead would otherwise push the stream's history out of
+    the window), and :meth:`get` refuses to align while a stream's newest sample lies that far ahead.
     """
 
     def __init__(self, streams: list[str], n_obs_steps: int, dt: float, max_age: float, capacity: int = 4096) -> None:
@@ -96,12 +103,16 @@ class ObsBuffer:
         stamps = self._stamps[self._check(stream)]
         return stamps[-1] if stamps else None
 
-    def add(self, stream: str, stamp: float, value: np.ndarray) -> None:
-        """Insert one sample in stamp order, dropping those older than the window and beyond ``capacity``."""
+    def add(self, stream: str, stamp: float, value: np.ndarray, now: float | None = None) -> None:
+        """Insert one sample in stamp order, dropping those older than the window and beyond ``capacity``.
+        Raises ``ValueError`` on a non-finite stamp, a shape unlike the stream's earlier samples, or (given
+        ``now``) a stamp more than ``max_age`` after ``now``."""
         stamps, values = self._stamps[self._check(stream)], self._values[stream]
         stamp = float(stamp)
         if not math.isfinite(stamp):
             raise ValueError(f"stream '{stream}': stamp must be finite; got {stamp}")
+        if now is not None and stamp - now > self.max_age:
+            raise ValueError(Refusal(RefusalKind.FUTURE, stream, stamp - now, self.max_age).message)
         value = np.array(value)
         if values and value.shape != values[0].shape:
             raise ValueError(f"stream '{stream}': sample shape {value.shape} != {values[0].shape} of earlier samples")
@@ -119,14 +130,18 @@ class ObsBuffer:
     def get(self, now: float) -> AlignedObs | None:
         """The aligned observation ending at t0 = min over streams of their newest stamp.
 
-        Returns ``None`` and sets :attr:`refusal` when a stream is empty, when ``now - t0 > max_age``
-        (the stream whose newest sample is t0 is reported stale), or when a stream has no sample at or
-        before a target time and its oldest sample is more than ``dt / 2`` after it.
+        Returns ``None`` and sets :attr:`refusal` when a stream is empty, when a stream's newest sample is
+        more than ``max_age`` after ``now``, when ``now - t0 > max_age`` (the stream whose newest sample is
+        t0 is reported stale), or when a stream has no sample at or before a target time and its oldest
+        sample is more than ``dt / 2`` after it.
         """
         self.refusal = None
         for stream, stamps in self._stamps.items():
             if not stamps:
                 return self._refuse(Refusal(RefusalKind.EMPTY, stream))
+        newest = max(self._stamps, key=lambda s: self._stamps[s][-1])
+        if self._stamps[newest][-1] - now > self.max_age:
+            return self._refuse(Refusal(RefusalKind.FUTURE, newest, self._stamps[newest][-1] - now, self.max_age))
         oldest_latest = min(self._stamps, key=lambda s: self._stamps[s][-1])
         t0 = self._stamps[oldest_latest][-1]
         if now - t0 > self.max_age:

@@ -59,21 +59,29 @@ class PolicyLoop:
     def refusal(self) -> Refusal | None:
         return self.buffer.refusal
 
-    def add(self, key: str, stamp: float, value: np.ndarray) -> None:
-        """One sample of observation ``key``; images are resized to the policy's input size."""
+    def add(self, key: str, stamp: float, value: np.ndarray, now: float | None = None) -> None:
+        """One sample of observation ``key``; images are resized to the policy's input size. Raises
+        ``ValueError`` on a sample the policy cannot use (:meth:`ObsBuffer.add` for the stamp and ``now``)."""
         spec = self.specs[key]
         value = np.asarray(value)
         if spec.type == "rgb":
+            if value.ndim != 3 or value.shape[2] != spec.shape[2] or not min(value.shape[:2]) > 0:
+                raise ValueError(f"observation '{key}': an image of shape {value.shape}, the policy expects "
+                                 f"H x W x {spec.shape[2]} with H, W > 0")
             why = self.camera_mismatch(key, *value.shape[:2])
             if why:
                 raise ValueError(why)
             h, w = spec.shape[:2]
             if value.shape[:2] != (h, w):
-                value = cv2.resize(value, (w, h), interpolation=cv2.INTER_AREA)
+                try:
+                    value = cv2.resize(value, (w, h), interpolation=cv2.INTER_AREA)
+                except cv2.error as exc:  # e.g. a dtype OpenCV cannot resize
+                    raise ValueError(f"observation '{key}': cannot resize a {value.shape} {value.dtype} image: "
+                                     f"{exc.msg if hasattr(exc, 'msg') else exc}") from None
         elif value.shape != tuple(spec.shape):
             raise ValueError(f"observation '{key}' has shape {value.shape}, the policy expects {tuple(spec.shape)}")
         with self._lock:
-            self.buffer.add(key, stamp, value)
+            self.buffer.add(key, stamp, value, now)
 
     def tick(self, now: float) -> TimedChunk | None:
         """Run the policy when the buffer holds a fresh aligned window; else ``None`` (see :attr:`refusal`)."""

@@ -94,14 +94,14 @@ class ServoConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "frequency > 0": self.frequency > 0,
+            "finite frequency > 0": 0 < self.frequency < math.inf,
             "0.03 <= lookahead_time <= 0.2": 0.03 <= self.lookahead_time <= 0.2,
             "100 <= gain <= 2000": 100 <= self.gain <= 2000,
-            "max_speed > 0": self.max_speed > 0,
-            "max_rot_speed > 0": self.max_rot_speed > 0,
+            "finite max_speed > 0": 0 < self.max_speed < math.inf,
+            "finite max_rot_speed > 0": 0 < self.max_rot_speed < math.inf,
             "workspace_min and workspace_max have 3 values": len(self.workspace_min) == len(self.workspace_max) == 3,
             "workspace_min <= workspace_max": all(a <= b for a, b in zip(self.workspace_min, self.workspace_max)),
-            "watchdog_s > 0": self.watchdog_s > 0,
+            "finite watchdog_s > 0": 0 < self.watchdog_s < math.inf,
             "reconnect_period_s > 0": self.reconnect_period_s > 0,
             "state_rate > 0": self.state_rate > 0,
         }
