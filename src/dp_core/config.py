@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -82,6 +83,15 @@ class UnetConfig:
     n_groups: int = 8
     step_embed_dim: int = 128
 
+    def __post_init__(self) -> None:
+        if not self.down_dims or self.n_groups < 1 or any(d < 1 or d % self.n_groups for d in self.down_dims):
+            raise ConfigError(f"down_dims {self.down_dims} must be non-empty and each divisible by n_groups "
+                              f"({self.n_groups}, group norm)")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ConfigError(f"kernel_size must be odd (it keeps the horizon's length); got {self.kernel_size}")
+        if self.step_embed_dim < 2 or self.step_embed_dim % 2:
+            raise ConfigError(f"step_embed_dim must be even and >= 2 (sine and cosine halves); got {self.step_embed_dim}")
+
 
 @dataclass
 class TransformerConfig:
@@ -94,6 +104,14 @@ class TransformerConfig:
     p_drop_attn: float = 0.3
     causal_attn: bool = True
 
+    def __post_init__(self) -> None:
+        if self.n_layer < 1 or self.n_head < 1 or self.n_emb < 2 or self.n_emb % 2 or self.n_emb % self.n_head:
+            raise ConfigError(f"need n_layer >= 1 and an even n_emb divisible by n_head; got n_layer {self.n_layer}, "
+                              f"n_emb {self.n_emb}, n_head {self.n_head}")
+        if not (0.0 <= self.p_drop_emb < 1.0 and 0.0 <= self.p_drop_attn < 1.0):
+            raise ConfigError(f"dropout probabilities must be in [0, 1); got p_drop_emb {self.p_drop_emb}, "
+                              f"p_drop_attn {self.p_drop_attn}")
+
 
 @dataclass
 class VisionConfig:
@@ -103,6 +121,18 @@ class VisionConfig:
     num_keypoints: int = 32
     feature_dim: int = 64
     group_norm_channels: int = 16
+
+    def __post_init__(self) -> None:
+        if self.crop_shape is not None and (len(self.crop_shape) != 2 or min(self.crop_shape) < 1):
+            raise ConfigError(f"crop_shape must be [H, W] with H, W >= 1, or null; got {self.crop_shape}")
+        if self.num_keypoints < 1 or self.feature_dim < 1:
+            raise ConfigError(f"num_keypoints and feature_dim must be >= 1; got {self.num_keypoints}, {self.feature_dim}")
+        if not 1 <= self.group_norm_channels <= 64 or 64 % self.group_norm_channels:
+            raise ConfigError(f"group_norm_channels must divide 64 (ResNet-18's narrowest layer); got "
+                              f"{self.group_norm_channels}")
+
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")  # those DDPM and DDIM both implement
 
 
 @dataclass
@@ -121,6 +151,10 @@ class DiffusionConfig:
     warm_start_strength: float = 0.6
 
     def __post_init__(self) -> None:
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ConfigError(f"beta_schedule {self.beta_schedule!r} is not one of {list(BETA_SCHEDULES)}")
+        if self.num_train_timesteps < 1:
+            raise ConfigError(f"num_train_timesteps must be >= 1; got {self.num_train_timesteps}")
         if not 0.0 < self.warm_start_strength <= 1.0:
             raise ConfigError(f"warm_start_strength must be in (0, 1], got {self.warm_start_strength}")
         if self.num_inference_steps < 1 or self.warm_start_steps < 1:
@@ -162,6 +196,11 @@ class PolicyConfig:
             raise ConfigError(
                 f"horizon {self.horizon} must be divisible by 2**(len(unet.down_dims)-1) for the UNet"
             )
+        crop = self.vision.crop_shape
+        for key in self.shape_meta.rgb_keys:
+            h, w = self.shape_meta.obs[key].shape[:2]
+            if crop is not None and (crop[0] > h or crop[1] > w):
+                raise ConfigError(f"vision.crop_shape {crop} is larger than observation '{key}' ({h} x {w})")
 
 
 @dataclass
@@ -173,6 +212,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         self.path = os.path.expanduser(self.path)  # a shell leaves ~ in data.path=~/... as it is
+        if not 0.0 <= self.val_ratio < 1.0:
+            raise ConfigError(f"val_ratio must be in [0, 1); got {self.val_ratio}")
+        if self.max_train_episodes is not None and self.max_train_episodes < 1:
+            raise ConfigError(f"max_train_episodes must be >= 1 or null (all); got {self.max_train_episodes}")
 
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -208,6 +251,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1; got {getattr(self, name)}")
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise ConfigError(f"train.lr_scheduler: {self.lr_scheduler!r} is not one of {list(LR_SCHEDULERS)}")
+        for name in ("lr", "grad_clip"):  # grad_clip 0 would zero every gradient
+            if not 0.0 < getattr(self, name) < math.inf:
+                raise ConfigError(f"train.{name} must be > 0 and finite; got {getattr(self, name)}")
 
 
 @dataclass
@@ -293,7 +339,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         node = data
         parts = dotted.split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent, or a section left empty in the YAML file
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{dotted}': '{part}' is not a mapping")
         node[parts[-1]] = yaml.safe_load(raw)

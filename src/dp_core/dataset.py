@@ -78,24 +78,57 @@ class StepArrays:
 
     @classmethod
     def load(cls, store: EpisodeStore, shape_meta: ShapeMeta) -> "StepArrays":
+        """Read the config's observations and actions; ``DatasetError`` for shapes unlike the config's,
+        non-finite values (naming the first step and its episode), or float images not on the 0-255 scale."""
         obs = {}
         for key, spec in shape_meta.obs.items():
             raw = store.read(spec.source)
             if spec.type == "rgb":
                 if raw.shape[1:] != tuple(spec.shape):
                     raise DatasetError(f"data/{spec.source}: image shape {raw.shape[1:]} != config {spec.shape}")
-                obs[key] = raw if raw.dtype == np.uint8 else np.clip(raw, 0, 255).astype(np.uint8)
+                obs[key] = raw if raw.dtype == np.uint8 else _float_images_to_uint8(raw, spec.source)
             else:
                 flat = raw.reshape(len(raw), -1).astype(np.float32)
                 if spec.columns is not None:
                     flat = flat[:, spec.columns[0] : spec.columns[1]]
                 if flat.shape[1] != spec.shape[0]:
                     raise DatasetError(f"data/{spec.source}: {flat.shape[1]} values per step, config says {spec.shape[0]}")
+                _check_finite(flat, spec.source, store.episode_ends)
                 obs[key] = flat
         action = store.read(shape_meta.action.source).reshape(store.n_steps, -1).astype(np.float32)
         if action.shape[1] != shape_meta.action.dim:
             raise DatasetError(f"data/{shape_meta.action.source}: dim {action.shape[1]} != config {shape_meta.action.dim}")
+        _check_finite(action, shape_meta.action.source, store.episode_ends)
         return cls(obs, action)
+
+
+def _check_finite(values: np.ndarray, source: str, episode_ends: np.ndarray) -> None:
+    """``DatasetError`` naming the first step (and its episode) with a NaN or infinite value: one such value
+    would turn the normaliser, and then every weight, into NaN."""
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        step = int(np.argmax(bad))
+        episode = int(np.searchsorted(episode_ends, step, side="right"))
+        raise DatasetError(f"data/{source}: non-finite values at step {step} (episode {episode}) and "
+                           f"{int(bad.sum()) - 1} more steps; fix or remove those episodes")
+
+
+def _float_images_to_uint8(raw: np.ndarray, source: str) -> np.ndarray:
+    """Float images on the 0-255 scale as uint8 (rounded); others are refused rather than silently blackened."""
+    if raw.size == 0:
+        return raw.astype(np.uint8)
+    lo, hi = float(raw.min()), float(raw.max())  # NaN or inf anywhere shows here
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise DatasetError(f"data/{source}: images hold NaN or infinite values")
+    if hi <= 1.0:
+        raise DatasetError(f"data/{source}: float images with values in [{lo:g}, {hi:g}]; the dataset format stores "
+                           "them 0-255 (uint8, or floats on that scale): multiply by 255")
+    if lo < -0.5 or hi > 255.5:
+        raise DatasetError(f"data/{source}: float images with values in [{lo:g}, {hi:g}], outside 0-255")
+    work = raw if raw.flags.writeable else raw.copy()  # in place: a dataset's images can be gigabytes
+    np.rint(work, out=work)
+    np.clip(work, 0, 255, out=work)
+    return work.astype(np.uint8)
 
 
 class WindowDataset(torch.utils.data.Dataset):

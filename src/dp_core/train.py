@@ -30,7 +30,7 @@ from .camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
 from .camera_sources import policy_cameras, read_cameras, write_cameras
 from .checkpoint import CheckpointError, load_training_state, resolve_device, save_policy, save_training_state
 from .config import ConfigError, ExperimentConfig, load_config, to_dict
-from .dataset import DatasetError, EpisodeStore, WindowDataset, build_datasets
+from .dataset import DatasetError, EpisodeStore, WindowDataset, build_datasets, split_episodes
 from .fast_inference import InferenceOptions
 from .policy import DiffusionPolicy
 from .train_graph import GraphCaptureError, GraphedTrainStep, make_capturable
@@ -77,8 +77,12 @@ class Trainer:
         self.train_set, self.val_set, arrays = build_datasets(cfg.data, cfg.policy)
         if len(self.train_set) == 0:
             raise DatasetError(f"{cfg.data.path}: no training windows")
+        store = EpisodeStore.open(cfg.data.path)
+        # What the split was drawn from, and the split: a resumed run must see the same (Trainer.load).
+        self.data_split = {"n_episodes": store.n_episodes, "n_steps": store.n_steps,
+                           "val_episodes": split_episodes(store.n_episodes, cfg.data)[1].tolist()}
         # the recorded cameras of the policy's image inputs, for the policy node to check the live ones against
-        recorded = read_cameras(EpisodeStore.open(cfg.data.path).group.attrs.get(CAMERAS_ATTRIBUTE))
+        recorded = read_cameras(store.group.attrs.get(CAMERAS_ATTRIBUTE))
         self.cameras = write_cameras(policy_cameras(recorded, cfg.policy.shape_meta))
         self.policy = DiffusionPolicy(cfg.policy)
         rows = np.unique(self.train_set.indices)  # the normaliser sees the training data only, not validation
@@ -117,6 +121,7 @@ class Trainer:
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
+            "data_split": self.data_split,
         }
 
     def load(self, path: str | Path) -> None:
@@ -126,6 +131,13 @@ class Trainer:
         if changes:
             raise ConfigError(f"{path}: a resumed run continues exactly only with the checkpoint's config; give "
                               f"these the checkpoint's values: {'; '.join(changes)}")
+        saved = state.get("data_split")
+        if saved is not None and saved != self.data_split:
+            raise ConfigError(
+                f"{path}: the dataset changed since this checkpoint ({saved['n_episodes']} episodes, "
+                f"{saved['n_steps']} steps; now {self.data_split['n_episodes']}, {self.data_split['n_steps']}): resuming "
+                "would draw another train/validation split, so validation would score episodes already trained on. "
+                "Resume with the checkpoint's dataset, or start a new run (another train.output_dir)")
         self.policy.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.ema.to(self.device)  # the training state is read onto the CPU
@@ -219,6 +231,10 @@ class Trainer:
         try:
             while self.step < t.num_steps:
                 loss = self.train_step()
+                if not math.isfinite(loss):  # the weights are NaN from here: write nothing more
+                    raise TrainingError(f"the training loss is {loss} at step {self.step}; stopped without writing a "
+                                        f"checkpoint (the last one, if any, is in {self.out / 'checkpoints'}). Lower "
+                                        "train.lr, or check the data")
                 bar.update(1)
                 if writer and (self.step % t.log_every == 0 or self.step == 1):
                     writer.add_scalar("train/loss", loss, self.step)
@@ -248,6 +264,10 @@ class Trainer:
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss)."""
 
 
 # Keys a resumed run may change: where and how often it writes, where it runs and finds the data.
@@ -298,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         path = train(cfg, args.resume)
-    except (ConfigError, DatasetError, CheckpointError) as exc:
+    except (ConfigError, DatasetError, CheckpointError, TrainingError) as exc:
         print(f"dp-train: error: {exc}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:

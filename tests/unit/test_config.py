@@ -80,9 +80,32 @@ def test_values_that_would_fail_mid_training_are_refused_up_front(tmp_path: Path
         ("train.lr_scheduler=cosin", r"train.lr_scheduler: 'cosin' is not one of \['constant'"),
         ("policy.diffusion.num_inference_steps=200", r"num_inference_steps \(200\) must be <= num_train_timesteps \(100\)"),
         ("policy.diffusion.warm_start_strength=0.05", r"warm_start_steps / warm_start_strength \(160 steps"),
+        ("policy.diffusion.beta_schedule=cosine", r"policy.diffusion: beta_schedule 'cosine' is not one of"),
+        ("policy.unet.n_groups=5", r"policy.unet: down_dims \[256, 512, 1024\] must be .* divisible by n_groups \(5"),
+        ("policy.unet.kernel_size=4", r"policy.unet: kernel_size must be odd"),
+        ("policy.unet.step_embed_dim=63", r"policy.unet: step_embed_dim must be even"),
+        ("policy.transformer.n_head=3", r"policy.transformer: need n_layer >= 1 and an even n_emb divisible by n_head"),
+        ("policy.vision.group_norm_channels=24", r"policy.vision: group_norm_channels must divide 64"),
+        ("policy.vision.crop_shape=[84]", r"policy.vision: crop_shape must be \[H, W\]"),
+        ("train.grad_clip=0", r"train.grad_clip must be > 0"),
+        ("data.val_ratio=1.5", r"data: val_ratio must be in \[0, 1\)"),
+        ("data.max_train_episodes=-1", r"data: max_train_episodes must be >= 1"),
     ]:
         with pytest.raises(ConfigError, match=message):
             load_config(cfg, [override])
+
+
+def test_crop_larger_than_an_image_is_refused() -> None:
+    p = load_config(REPO / "config" / "pusht_image_unet_small.yaml")
+    with pytest.raises(ConfigError, match=r"vision.crop_shape \[100, 84\] is larger than observation 'image' \(96 x 96\)"):
+        load_config(REPO / "config" / "pusht_image_unet_small.yaml", ["policy.vision.crop_shape=[100, 84]"])
+    assert p.policy.vision.crop_shape == [84, 84]
+
+
+def test_override_under_an_empty_section(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("policy:\n  # nothing here yet\ntrain:\n")
+    assert load_config(p, ["policy.horizon=32", "train.num_steps=5"]).policy.horizon == 32
 
 
 def test_home_in_paths_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -121,3 +121,38 @@ def test_windows_do_not_span_a_recording_gap(tmp_path: Path) -> None:
     assert len(frames) == 2 * (10 - 1) + (5 - 1)  # L - horizon + pad_before + pad_after + 1 per segment
     assert not np.any((frames.min(1) < 10) & (frames.max(1) >= 10))  # no window crosses the gap
     assert (frames == 10).any() and (frames == 9).any()  # both sides still train
+
+
+def _one_key_meta(kind: str, shape: list[int]) -> ShapeMeta:
+    return ShapeMeta(obs={"x": ObsSpec(kind, shape, source="x")}, action=ActionSpec(1, source="action"))
+
+
+def test_non_finite_values_are_refused_with_their_step_and_episode(tmp_path: Path) -> None:
+    """One NaN would make the normaliser's scale NaN and every weight after the first step."""
+    episodes = [{"x": np.zeros((5, 2), np.float32), "action": np.zeros((5, 1), np.float32)} for _ in range(3)]
+    episodes[1]["action"][3, 0] = np.nan
+    episodes[2]["x"][0, 1] = np.inf
+    store = EpisodeStore.open(write_episodes(tmp_path / "d.zarr", episodes))
+    with pytest.raises(DatasetError, match=r"data/x: non-finite values at step 10 \(episode 2\)"):
+        StepArrays.load(store, _one_key_meta("low_dim", [2]))
+    with pytest.raises(DatasetError, match=r"data/action: non-finite values at step 8 \(episode 1\) and 0 more"):
+        StepArrays.load(store, ShapeMeta(obs={}, action=ActionSpec(1, source="action")))
+
+
+def test_float_images_must_be_on_the_0_255_scale(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    action = np.zeros((4, 1), np.float32)
+    meta = _one_key_meta("rgb", [8, 8, 3])
+    unit = rng.uniform(0, 1, (4, 8, 8, 3)).astype(np.float32)  # 0..1 floats: would all become 0
+    store = EpisodeStore.open(write_episodes(tmp_path / "unit.zarr", [{"x": unit, "action": action}]))
+    with pytest.raises(DatasetError, match=r"data/x: float images with values in \[0.*1\].*multiply by 255"):
+        StepArrays.load(store, meta)
+    scaled = unit * 255
+    store = EpisodeStore.open(write_episodes(tmp_path / "ok.zarr", [{"x": scaled, "action": action}]))
+    images = StepArrays.load(store, meta).obs["x"]
+    assert images.dtype == np.uint8 and np.array_equal(images, np.rint(scaled).astype(np.uint8))  # rounded
+    wide = scaled.copy()
+    wide[0, 0, 0, 0] = 4000.0
+    store = EpisodeStore.open(write_episodes(tmp_path / "wide.zarr", [{"x": wide, "action": action}]))
+    with pytest.raises(DatasetError, match="outside 0-255"):
+        StepArrays.load(store, meta)

@@ -13,7 +13,7 @@ from conftest import REPO, experiment, tiny_policy_config, write_episodes
 from dp_core.checkpoint import load_policy, load_training_state, policy_file_extra
 from dp_core.config import ConfigError, ObsSpec
 from dp_core.dataset import build_datasets, split_episodes
-from dp_core.train import Trainer, main, train
+from dp_core.train import Trainer, TrainingError, main, train
 
 
 def _cfg(data: Path, out: Path, **kw):
@@ -103,6 +103,48 @@ def test_distributed_data_parallel_two_cpu_processes(ramp_dataset: Path, tmp_pat
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "out" / "policy.safetensors").is_file()
     assert load_training_state(tmp_path / "out" / "checkpoints" / "train_00000006.pt")["step"] == 6
+
+
+def test_resume_refuses_a_dataset_with_other_episodes(ramp_dataset: Path, tmp_path: Path) -> None:
+    """Episodes added after the checkpoint would redraw the train/validation split: validation would score
+    episodes the checkpoint trained on."""
+    cfg = _cfg(ramp_dataset, tmp_path / "run", num_steps=12, checkpoint_every=6)
+    trainer = Trainer(cfg)
+    trainer.train_step()
+    trainer.checkpoint()
+    ckpt = tmp_path / "run" / "checkpoints" / "train_00000001.pt"
+    Trainer(cfg).load(ckpt)  # same data: resumes
+    x = np.linspace(0.0, 1.0, 40, dtype=np.float32)
+    write_episodes(ramp_dataset, [{"pos": np.stack([x, np.zeros(40, np.float32)], 1), "action": x[:, None]}])
+    with pytest.raises(ConfigError, match=r"the dataset changed since this checkpoint \(40 episodes, 1600 steps; now 41, 1640\)"):
+        Trainer(cfg).load(ckpt)
+
+
+def test_a_non_finite_loss_stops_training_without_a_checkpoint(ramp_dataset: Path, tmp_path: Path) -> None:
+    trainer = Trainer(_cfg(ramp_dataset, tmp_path / "run", num_steps=12, checkpoint_every=6))
+    with torch.no_grad():
+        next(trainer.policy.denoiser.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingError, match="the training loss is nan at step 1"):
+        trainer.run()
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "policy.safetensors").exists()
+
+
+def test_training_crops_at_random_and_evaluation_at_the_centre() -> None:
+    from dp_core.config import ShapeMeta, VisionConfig
+    from dp_core.models.obs_encoder import ObsEncoder
+
+    encoder = ObsEncoder(ShapeMeta(obs={"img": ObsSpec("rgb", [16, 16, 3])}), VisionConfig(crop_shape=[10, 10]))
+    seen: list[torch.Tensor] = []
+    encoder.cameras["img"].register_forward_pre_hook(lambda _, args: seen.append(args[0].clone()))
+    img = torch.rand(4, 2, 3, 16, 16)
+    for seed in (0, 1, 0):
+        encoder.train()(({"img": img}), torch.Generator().manual_seed(seed))
+    assert seen[0].shape == (8, 3, 10, 10)
+    assert torch.equal(seen[0], seen[2]) and not torch.equal(seen[0], seen[1])  # the generator decides
+    centre = img.reshape(8, 3, 16, 16)[:, :, 3:13, 3:13]
+    assert not all(torch.equal(seen[0][i], centre[i]) for i in range(8))
+    encoder.eval()({"img": img}, torch.Generator().manual_seed(0))
+    assert torch.equal(seen[-1], centre)
 
 
 def _image_cfg(data: Path, out: Path, **kw):
