@@ -64,8 +64,9 @@ def test_limiter_clamps_and_limits_steps() -> None:
     assert second.step_limited and not second.clamped
     with pytest.raises(ValueError, match="finite"):
         lim.apply([np.inf, 0.0])
-    with pytest.raises(ValueError, match="max_step"):
-        CommandLimiter([0.0], [1.0], max_step=0.0)
+    for bad in (0.0, float("nan"), float("inf")):  # None is the only "no limit"
+        with pytest.raises(ValueError, match="max_step"):
+            CommandLimiter([0.0], [1.0], max_step=bad)
 
 
 def test_executor_and_teleop_share_the_limiter() -> None:

@@ -35,8 +35,8 @@ class CommandLimiter:
         if lo.ndim != 1 or lo.size == 0 or lo.shape != hi.shape or not np.all(lo <= hi):
             raise ValueError(f"workspace_min {lo.tolist()} and workspace_max {hi.tolist()} must be equally long "
                              "non-empty lists with min <= max")
-        if max_step is not None and not max_step > 0:
-            raise ValueError(f"max_step must be > 0 or None; got {max_step}")
+        if max_step is not None and not 0 < max_step < np.inf:
+            raise ValueError(f"max_step must be finite and > 0, or None (no limit); got {max_step}")
         self.workspace_min, self.workspace_max = lo, hi
         self.max_step = None if max_step is None else float(max_step)
         self._last: np.ndarray | None = None
