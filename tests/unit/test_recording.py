@@ -65,6 +65,46 @@ def test_writer_commits_discards_and_reopens(tmp_path: Path) -> None:
     check_episodes(path, [5, 7, 1, 1])
 
 
+def test_writer_flushes_in_the_background_and_reports_a_failed_write(tmp_path: Path, monkeypatch) -> None:
+    """A flush must not hold up the control-rate tick that triggers it; a write that fails surfaces at the
+    commit, which then commits nothing."""
+    import threading
+
+    path = tmp_path / "demo.zarr"
+    w = EpisodeWriter(path, chunk_steps=8, flush_steps=3)
+    started, release = threading.Event(), threading.Event()
+    write = EpisodeWriter._write
+
+    def slow_write(self, start, steps):
+        started.set()
+        release.wait(10.0)
+        write(self, start, steps)
+
+    monkeypatch.setattr(EpisodeWriter, "_write", slow_write)
+    w.begin()
+    t0 = time.monotonic()
+    for i in range(3):  # the third append flushes
+        w.append(step(0, i))
+    assert started.wait(5.0) and time.monotonic() - t0 < 5.0  # returned while the write waits
+    release.set()
+    w.append(step(0, 3))
+    assert w.commit() == 4
+    check_episodes(path, [4])
+
+    def failing_write(self, start, steps):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(EpisodeWriter, "_write", failing_write)
+    w.begin()
+    for i in range(3):
+        w.append(step(1, i))
+    with pytest.raises(OSError, match="No space left"):
+        w.commit()
+    assert w.discard() == 3
+    check_episodes(path, [4])
+    w.close()
+
+
 def test_writer_rejects_mismatched_steps(tmp_path: Path) -> None:
     w = EpisodeWriter(tmp_path / "d.zarr")
     w.begin()
@@ -134,6 +174,7 @@ CHILD = textwrap.dedent("""
             w.begin()
             for i in range(30):
                 w.append(step(ep, i))
+            w.sync()  # the flushes run in the background: the first 28 rows are on disk from here
             print("MIDEPISODE", flush=True)
             time.sleep(60)
 """)
@@ -203,12 +244,12 @@ def feed(rec: EpisodeRecorder, t: float, k: float) -> None:
     rec.command(np.array([k, k + 0.5]), t)
 
 
-def test_recorder_samples_steps_with_the_next_commanded_target(tmp_path: Path) -> None:
+def test_recorder_samples_steps_with_the_target_due_one_step_later(tmp_path: Path) -> None:
     rec = make_recorder(tmp_path / "r.zarr")
     with pytest.raises(RecorderError, match="keypoint, img, action"):
         rec.start(0.0)
-    feed(rec, 0.0, 0)
-    assert rec.start(0.0) == 0
+    feed(rec, 0.01, 0)
+    assert rec.start(0.01) == 0
     for k in range(1, 6):  # ticks at k * 0.1 s sample the inputs fed just before
         rec.tick(k * 0.1)
         feed(rec, k * 0.1 + 0.01, k)
@@ -217,7 +258,7 @@ def test_recorder_samples_steps_with_the_next_commanded_target(tmp_path: Path) -
     store = EpisodeStore.open(tmp_path / "r.zarr")
     assert store.keys() == ["action", "img", "keypoint", "timestamp"]
     np.testing.assert_array_equal(store.read("keypoint")[:, 0], [0, 1, 2, 3, 4])
-    np.testing.assert_array_equal(store.read("action")[:, 0], [1, 2, 3, 4, 5])  # commanded during the step
+    np.testing.assert_array_equal(store.read("action")[:, 0], [1, 2, 3, 4, 5])  # due 0.1 s after each step's samples
     assert store.read("img").shape == (5, 8, 6, 3)
     np.testing.assert_allclose(store.read("timestamp"), [0.1, 0.2, 0.3, 0.4, 0.5])
 
@@ -235,7 +276,7 @@ def test_recorder_pairs_each_image_with_the_state_of_its_capture_time(tmp_path: 
         if frame / 30 + latency <= t + 1e-9:
             rec.observe("img", np.full((16, 12, 3), frame, np.uint8), frame / 30)
             frame += 1
-        rec.command(np.array([t, t]), t)
+        rec.command(np.array([t + 0.02, t + 0.02]), t + 0.02)  # teleop stamps a target 20 ms ahead: its due time
         if t >= 0.1 and not rec.recording:
             rec.start(t)
         if steps_at and t >= steps_at[0] - 1e-9:
@@ -248,6 +289,23 @@ def test_recorder_pairs_each_image_with_the_state_of_its_capture_time(tmp_path: 
     state_ms = store.read("keypoint")[:, 0] * 1000
     assert len(image_ms) >= 3
     assert np.all(state_ms <= image_ms + 1e-6) and np.all(image_ms - state_ms < 8.0 + 1e-6)  # one state period
+    # The action is the target due one step after the frame's capture (as the executor will run it and
+    # dp-bag2zarr labels it), not the newest target at the next tick (about 0.18 s after the capture here).
+    np.testing.assert_allclose(store.read("action")[:, 0] * 1000, image_ms + 100.0, atol=1e-3)
+
+
+def test_recorder_refuses_samples_stamped_in_the_future(tmp_path: Path) -> None:
+    """One sample stamped far ahead would block every later step (its stream never aligns) while the inputs
+    looked fresh: it is refused when the recorder is told the time, and reported stale otherwise."""
+    rec = make_recorder(tmp_path / "r.zarr")
+    feed(rec, 0.0, 0)
+    with pytest.raises(ValueError, match="in the future"):
+        rec.observe("keypoint", np.zeros(4), 100.0, now=0.0)
+    assert rec.stale_inputs(0.05) == []
+    rec.command(np.zeros(2), 100.0)
+    assert rec.stale_inputs(0.05) == ["action"]
+    with pytest.raises(RecorderError, match="no recent data .* from action"):
+        rec.start(0.05)
 
 
 def test_recorder_drops_stale_steps_and_discards(tmp_path: Path) -> None:
@@ -280,15 +338,16 @@ def test_recorder_keeps_videos_of_committed_episodes_only(tmp_path: Path) -> Non
     videos = tmp_path / "videos"
     rec = make_recorder(tmp_path / "r.zarr", video_dir=videos)
     for attempt in range(2):
-        feed(rec, 0.0, 0)
-        rec.start(0.0)
+        t0 = attempt * 1.0
+        feed(rec, t0, 0)
+        rec.start(t0)
         for k in range(1, 4):
-            rec.tick(k * 0.1)
-            feed(rec, k * 0.1, k)
+            rec.tick(t0 + k * 0.1)
+            feed(rec, t0 + k * 0.1, k)
         if attempt == 0:
             rec.discard()
         else:
-            summary = rec.stop(0.4)
+            summary = rec.stop(t0 + 0.4)
     assert summary.videos == [videos / "episode_000000" / "img.mp4"]
     assert summary.videos[0].stat().st_size > 0
     assert sorted(p.name for p in videos.iterdir()) == ["episode_000000"]

@@ -325,3 +325,22 @@ def test_scripted_teleop_thread_ends_at_shutdown(ros, tmp_path: Path) -> None:
     node.stop()
     assert not node._thread.is_alive() and time.monotonic() - start < 1.0
     assert node.finished.is_set() and node.failed is None
+
+
+def test_recorder_node_image_size_keeps_the_camera_size_with_0_0(ros, tmp_path: Path) -> None:
+    """ROS cannot type an empty list, so [0, 0] (not []) asks for the camera's own size."""
+    from rclpy.parameter import Parameter
+
+    from dp_bringup.nodes.demo_recorder_node import DemoRecorderNode
+
+    def make(size: list[int]):
+        return DemoRecorderNode(context=ros.context, cli_args=["--ros-args", "--params-file", str(REPO / "config" / "recorder.yaml")],
+                                parameter_overrides=[Parameter("dataset", value=str(tmp_path / f"d{size[0]}.zarr")),
+                                                     Parameter("image_size", value=size)])
+
+    node = make([0, 0])
+    assert node.recorder.streams["img"].image_size is None
+    node.close()
+    for bad in ([96], [0, 96]):
+        with pytest.raises(ValueError, match=r"image_size must be \[height, width\]"):
+            make(bad)

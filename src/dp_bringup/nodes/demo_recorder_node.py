@@ -3,7 +3,7 @@
 Services (std_srvs/Trigger) ``~/start``, ``~/stop`` (commit) and ``~/discard``; the same from SpaceMouse
 buttons on ``buttons_topic`` (``button_start_stop`` toggles, ``button_discard`` discards). A timer at
 ``rate_hz`` (the control rate) samples every ``obs_topics`` entry, aligned by stamp as the policy node
-aligns them, and the newest command on ``action_topic`` (:class:`dp_core.recording.EpisodeRecorder`); steps go into ``dataset``
+aligns them, and the command on ``action_topic`` due one step later (:class:`dp_core.recording.EpisodeRecorder`); steps go into ``dataset``
 through the crash-safe :class:`dp_core.recording.EpisodeWriter` (zarr v3, ``meta/episode_ends``
 committed last; a restart repairs and appends). Observation messages are converted and paired in time as
 the policy node does it, so a policy trained on the recording reads the same values when deployed.
@@ -42,7 +42,7 @@ DEFAULTS: dict[str, Any] = {  # the simulated Push-T cell; config/recorder.yaml 
     "obs_topics": ["/camera_0/color/image_raw", "/pusht/keypoints", "/robot/tcp_pose"],
     "obs_types": ["Image", "PoseArray", "PoseStamped"],
     "obs_dims": [0, 18, 2],  # values per step of each low-dim stream (0 for images)
-    "image_size": [96, 96],  # height, width stored; [] keeps the camera's size
+    "image_size": [96, 96],  # height, width stored; [0, 0] keeps the camera's size (ROS cannot type [])
     "action_topic": "/robot/servo_target",
     "action_names": ["x", "y"],
     "video": False,
@@ -75,9 +75,10 @@ class DemoRecorderNode(Node):
         if bad_names or not p["action_names"]:
             raise ValueError(f"action_names must be axes of {POSITION_AXES}; got {list(p['action_names'])}")
         size = list(p["image_size"])
-        if size and len(size) != 2:
-            raise ValueError(f"image_size must be [height, width] or []; got {size}")
-        streams = [StreamSpec(k, "image", image_size=tuple(size) if size else None) if t == "Image"
+        if len(size) != 2 or not (min(size) >= 1 or size == [0, 0]):
+            raise ValueError(f"image_size must be [height, width] (>= 1), or [0, 0] for the camera's size; got {size}")
+        keep = size == [0, 0]
+        streams = [StreamSpec(k, "image", image_size=None if keep else tuple(size)) if t == "Image"
                    else StreamSpec(k, "low_dim", dim=int(d)) for k, t, d in zip(keys, types, dims)]
         dataset = Path(p["dataset"]).expanduser()
         video_dir = None
@@ -120,7 +121,7 @@ class DemoRecorderNode(Node):
     def _on_obs(self, key: str, spec: StreamSpec, msg) -> None:
         try:
             value = image_to_numpy(msg, "rgb8") if spec.kind == "image" else low_dim_from_msg(msg, type(msg).__name__, spec.dim)
-            self.recorder.observe(key, value, stamp_to_seconds(msg.header.stamp))
+            self.recorder.observe(key, value, stamp_to_seconds(msg.header.stamp), now=self._now())
         except (ValueError, TypeError) as exc:
             self._bad_messages += 1
             self.get_logger().error(f"ignored {key} message: {exc}", throttle_duration_sec=2.0)
@@ -132,8 +133,8 @@ class DemoRecorderNode(Node):
     def _on_action(self, msg: PoseStamped) -> None:
         p = msg.pose.position
         xyz = (p.x, p.y, p.z)
-        try:  # the command's arrival time: a servo target's stamp is when it is due, not when it was sent
-            self.recorder.command([xyz[i] for i in self._action_axes], self._now())
+        try:  # a servo target's stamp is when it is due: the step's action is the one due dt after it
+            self.recorder.command([xyz[i] for i in self._action_axes], stamp_to_seconds(msg.header.stamp))
         except ValueError as exc:
             self._bad_messages += 1
             self.get_logger().error(f"ignored command: {exc}", throttle_duration_sec=2.0)
@@ -147,6 +148,8 @@ class DemoRecorderNode(Node):
                     self.get_logger().info(self._discard())
             except RecorderError as exc:
                 self.get_logger().error(str(exc))
+            except Exception as exc:  # disk full, video encoder: the node goes on
+                self.get_logger().error(self._failed(exc))
 
     def _srv(self, action):
         def handle(_request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
@@ -156,9 +159,22 @@ class DemoRecorderNode(Node):
             except RecorderError as exc:
                 response.message, response.success = str(exc), False
                 self.get_logger().error(response.message)
+            except Exception as exc:  # disk full, video encoder: answer, and the node goes on
+                response.message, response.success = self._failed(exc), False
+                self.get_logger().error(response.message)
             return response
 
         return handle
+
+    def _failed(self, exc: Exception) -> str:
+        """After an unexpected error: discard the episode in progress (what is committed stays); the message."""
+        discarded = ""
+        if self.recorder.recording:
+            try:
+                discarded = f"; discarded the episode in progress ({self.recorder.discard()} steps)"
+            except Exception as again:  # report both
+                discarded = f"; discarding the episode in progress failed too: {again}"
+        return f"recording failed: {exc!r}{discarded}"
 
     def _start(self) -> str:
         index = self.recorder.start(self._now())
@@ -198,9 +214,7 @@ class DemoRecorderNode(Node):
         try:
             self.recorder.tick(self._now())
         except Exception as exc:  # a write failure (disk full): stop recording, keep what is committed
-            self.get_logger().error(f"recording failed ({exc}); discarding the episode in progress")
-            if self.recorder.recording:
-                self.recorder.discard()
+            self.get_logger().error(self._failed(exc))
 
     def _publish_diagnostics(self) -> None:
         rec = self.recorder

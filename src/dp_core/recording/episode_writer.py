@@ -8,11 +8,17 @@ atomically (write to a temporary file, then rename), so a crash or SIGKILL at an
 the old or the new version of each file: committed rows are never torn, and rows past the committed end
 are ignored by readers (:func:`dp_core.dataset.committed_episode_ends`) and cut off when a writer opens
 the dataset again (:meth:`EpisodeWriter.open` repairs, then appends).
+
+Flushes run on a background thread, one at a time, so that a recorder's control-rate timer does not
+stall while a flush compresses and writes (about 0.2-0.35 s for 20 steps of two 240x320 cameras in
+100-step chunks, measured). A failed write raises at the next ``append`` that flushes, ``flush``,
+``commit`` or ``sync``; a commit always waits for the writes before it.
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +53,9 @@ class EpisodeWriter:
         }
         self._active = False
         self._buffer: list[dict[str, np.ndarray]] = []
-        self._written = 0  # steps of the current episode already flushed past the committed end
+        self._written = 0  # steps of the current episode handed to a flush (written, or being written)
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="episode-writer")
+        self._inflight: Future | None = None
 
     # -- state -----------------------------------------------------------------------------------
     @property
@@ -96,17 +104,28 @@ class EpisodeWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Write buffered steps past the committed end (not yet part of any episode)."""
+        """Start writing the buffered steps past the committed end (not yet part of any episode), in the
+        background, once the previous write has finished (whose error it raises)."""
+        self.sync()
         if not self._buffer:
             return
         start = self.n_steps + self._written
-        stop = start + len(self._buffer)
+        steps, self._buffer = self._buffer, []
+        self._written += len(steps)
+        self._inflight = self._io.submit(self._write, start, steps)
+
+    def sync(self) -> None:
+        """Wait for the write in progress; raises its error."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            inflight.result()
+
+    def _write(self, start: int, steps: list[dict[str, np.ndarray]]) -> None:
+        stop = start + len(steps)
         for key, arr in self._data_arrays().items():
             if arr.shape[0] != stop:
                 arr.resize((stop, *arr.shape[1:]))
-            arr[start:stop] = np.stack([step[key] for step in self._buffer])
-        self._written += len(self._buffer)
-        self._buffer = []
+            arr[start:stop] = np.stack([step[key] for step in steps])
 
     def commit(self) -> int:
         """Finish the episode: flush, then append its end to ``meta/episode_ends``. Returns its length."""
@@ -116,6 +135,7 @@ class EpisodeWriter:
         if length == 0:
             raise DatasetError("cannot commit an empty episode; discard it")
         self.flush()
+        self.sync()  # the episode's rows are on disk before the commit point
         ends = np.append(self._ends, self.n_steps + length).astype(np.int64)
         meta = self.group.require_group("meta")
         if "episode_ends" in meta:
@@ -134,15 +154,20 @@ class EpisodeWriter:
         if not self._active:
             raise DatasetError("no episode in progress to discard")
         length = self.episode_steps
+        try:
+            self.sync()  # nothing may write past the committed end after the truncation
+        except Exception as exc:  # the rows it failed to write are discarded anyway
+            log.warning("%s: a write of the discarded episode had failed: %s", self.path, exc)
         self._buffer, self._written, self._active = [], 0, False
         self._truncate(self.n_steps)
         return length
 
     def close(self) -> None:
-        """Discard an unfinished episode (a clean shutdown keeps only finished ones)."""
+        """Discard an unfinished episode (a clean shutdown keeps only finished ones); ends the write thread."""
         if self._active:
             n = self.discard()
             log.warning("%s: discarded the unfinished episode (%d steps) on close", self.path, n)
+        self._io.shutdown(wait=True)
 
     # -- internals ---------------------------------------------------------------------------------
     def _data_arrays(self) -> dict[str, zarr.Array]:

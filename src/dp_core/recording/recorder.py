@@ -6,12 +6,14 @@ commanded target (:meth:`EpisodeRecorder.command`) to the recorder; a timer at t
 step, aligned by stamp as the policy node aligns its observations: the step's time is the oldest of the
 streams' newest stamps (a camera frame arrives some time after it was captured), and each stream gives
 its newest sample at or before that time, so a pose is never newer than the image beside it. The step's
-``action`` is the commanded target as of the *next* tick, i.e. the target the robot
-was sent while that step played out — the same convention as the Push-T demonstrations and the
-executor (an action chunk's first action is due one ``dt`` after its observation). A step whose
-samples are older than ``max_age_s`` is dropped and counted, never filled with stale data; the episode
-goes on after such a gap, and training windows do not span it (:func:`dp_core.dataset.segments` cuts
-episodes where their ``timestamp`` steps are uneven).
+``action`` is the commanded target *due* one ``dt`` after the step's time (commands carry the time the
+robot should reach them; between two commands it is interpolated), written at the next tick: the
+executor's convention (an action chunk's first action is due one ``dt`` after its observation), and
+``dp-bag2zarr``'s, so a session gives the same labels recorded live or converted from a bag. A step whose
+samples are older than ``max_age_s`` (or whose action is unknown: no command within ``max_age_s`` of
+the time it is due) is dropped and counted, never filled with stale data; the episode goes on after
+such a gap, and training windows do not span it (:func:`dp_core.dataset.segments` cuts episodes where
+their ``timestamp`` steps are uneven). Samples stamped more than ``max_age_s`` after ``now`` are refused.
 
 Keys written per step: each stream's key, ``action`` and ``timestamp`` (the tick's time, seconds).
 Each image stream's camera (native frame size, serial when known) is stored with the dataset
@@ -20,6 +22,7 @@ Each image stream's camera (native frame size, serial when known) is stored with
 
 from __future__ import annotations
 
+import bisect
 import logging
 import shutil
 from collections.abc import Sequence
@@ -33,10 +36,12 @@ import numpy as np
 from ..camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
 from ..camera_sources import CameraSource, read_cameras, with_new_episode, write_cameras
 from ..control.obs_buffer import ObsBuffer
+from ..control.stamps import STAMP_TOLERANCE_S as _EPS
 from .episode_writer import EpisodeWriter
 
 log = logging.getLogger(__name__)
 RESERVED_KEYS = ("action", "timestamp")
+COMMAND_HISTORY = 4096  # commands kept (about 40 s at 100 Hz): far more than a step needs
 
 
 class RecorderError(RuntimeError):
@@ -116,8 +121,9 @@ class EpisodeRecorder:
         self._samples = ObsBuffer(keys, n_obs_steps=1, dt=dt, max_age=max_age_s)  # the policy node's alignment
         self._native: dict[str, tuple[int, int]] = {}  # image stream -> (height, width) of its newest frame
         self._serials: dict[str, str] = {}  # image stream -> serial of its camera, when known
-        self._action: tuple[np.ndarray, float] | None = None
-        self._pending: dict[str, np.ndarray] | None = None
+        self._command_stamps: list[float] = []  # due times, ascending
+        self._commands: list[np.ndarray] = []
+        self._pending: tuple[dict[str, np.ndarray], float] | None = None  # (step, its time) awaiting its action
         self._pending_frames: dict[str, np.ndarray] = {}
         self._start = 0.0
         self._dropped = 0
@@ -137,8 +143,9 @@ class EpisodeRecorder:
         return self.writer.episode_steps
 
     # -- inputs ------------------------------------------------------------------------------------
-    def observe(self, key: str, value: np.ndarray, stamp: float) -> None:
-        """The newest sample of stream ``key`` (taken at ``stamp``); raises ValueError on a bad value."""
+    def observe(self, key: str, value: np.ndarray, stamp: float, now: float | None = None) -> None:
+        """The newest sample of stream ``key`` (taken at ``stamp``); raises ValueError on a bad value, or (given
+        ``now``) on a stamp more than ``max_age_s`` after it."""
         spec = self.streams.get(key)
         if spec is None:
             raise ValueError(f"unknown stream {key!r}; configured: {sorted(self.streams)}")
@@ -147,11 +154,11 @@ class EpisodeRecorder:
             value = value.reshape(-1).astype(np.float32)
             if value.shape != (spec.dim,) or not np.all(np.isfinite(value)):
                 raise ValueError(f"stream {key}: need {spec.dim} finite values, got {value.tolist()}")
-        elif value.ndim != 3 or value.shape[2] != 3 or value.dtype != np.uint8:
+        elif value.ndim != 3 or value.shape[2] != 3 or value.dtype != np.uint8 or not min(value.shape[:2]) > 0:
             raise ValueError(f"stream {key}: need an H x W x 3 uint8 image, got {value.shape} {value.dtype}")
-        else:
+        self._samples.add(key, stamp, value, now)
+        if spec.kind == "image":
             self._native[key] = value.shape[:2]
-        self._samples.add(key, stamp, value)
 
     def set_serial(self, key: str, serial: str) -> None:
         """The serial of the camera behind image stream ``key`` (stored with the dataset's cameras)."""
@@ -168,19 +175,44 @@ class EpisodeRecorder:
         return read_cameras(self.writer.group.attrs.get(CAMERAS_ATTRIBUTE))
 
     def command(self, action: np.ndarray, stamp: float) -> None:
-        """The newest commanded target (``action_dim`` values) sent at ``stamp``."""
+        """A commanded target (``action_dim`` values) due at ``stamp`` (its message's stamp: when the robot
+        should reach it)."""
         action = np.asarray(action, dtype=np.float32).reshape(-1)
         if action.shape != (self.action_dim,) or not np.all(np.isfinite(action)):
             raise ValueError(f"action: need {self.action_dim} finite values, got {action.tolist()}")
-        self._action = (action, float(stamp))
+        stamp = float(stamp)
+        if not np.isfinite(stamp):
+            raise ValueError(f"action: stamp must be finite; got {stamp}")
+        i = bisect.bisect_left(self._command_stamps, stamp)
+        if i < len(self._command_stamps) and self._command_stamps[i] == stamp:
+            self._commands[i] = action
+            return
+        self._command_stamps.insert(i, stamp)
+        self._commands.insert(i, action)
+        if len(self._commands) > COMMAND_HISTORY:
+            del self._command_stamps[:-COMMAND_HISTORY], self._commands[:-COMMAND_HISTORY]
 
     def stale_inputs(self, now: float) -> list[str]:
-        """Streams (and ``action``) with no sample within ``max_age_s`` of ``now``."""
+        """Streams (and ``action``) with no sample within ``max_age_s`` of ``now`` (or one stamped more than
+        ``max_age_s`` after it)."""
         newest = {k: self._samples.newest_stamp(k) for k in self.streams}
-        stale = [k for k, t in newest.items() if t is None or now - t > self.max_age_s]
-        if self._action is None or now - self._action[1] > self.max_age_s:
-            stale.append("action")
-        return stale
+        newest["action"] = self._command_stamps[-1] if self._command_stamps else None
+        return [k for k, t in newest.items() if t is None or abs(now - t) > self.max_age_s]
+
+    def _action_due(self, t: float) -> np.ndarray | None:
+        """The commanded target due at ``t``: interpolated between the commands around it; the newest one
+        when none is due at or after ``t`` yet (at most ``max_age_s`` earlier); None without either."""
+        stamps = self._command_stamps
+        i = bisect.bisect_left(stamps, t - _EPS)
+        if i == len(stamps):
+            return self._commands[-1] if stamps and t - stamps[-1] <= self.max_age_s else None
+        if stamps[i] <= t + _EPS:
+            return self._commands[i]
+        if i == 0 or stamps[i] - stamps[i - 1] > self.max_age_s:
+            return None  # nothing commanded before t, or a pause in the commands around it
+        w = (t - stamps[i - 1]) / (stamps[i] - stamps[i - 1])
+        a, b = self._commands[i - 1], self._commands[i]
+        return (a + w * (b - a)).astype(np.float32)  # equal neighbours give exactly their value
 
     # -- episode control -------------------------------------------------------------------------
     def start(self, now: float) -> int:
@@ -224,7 +256,7 @@ class EpisodeRecorder:
                 value = resize_image(value, spec.image_size)
             step[key] = value
         step["timestamp"] = np.float64(now)
-        self._pending, self._pending_frames = step, frames
+        self._pending, self._pending_frames = (step, aligned.stamp), frames
 
     def stop(self, now: float) -> EpisodeSummary:
         """Finish and commit the episode; an episode without a single complete step is discarded."""
@@ -235,6 +267,7 @@ class EpisodeRecorder:
         if self.writer.episode_steps == 0:
             self.discard()
             raise RecorderError(f"episode {index} had no complete step (stale inputs: {self._stale}); discarded")
+        self.writer.sync()  # a failed background write fails the stop before anything is committed
         # before the commit: a committed episode always has its cameras
         self.writer.group.attrs[CAMERAS_ATTRIBUTE] = write_cameras(with_new_episode(self._recorded_cameras(), self.cameras()))
         steps = self.writer.commit()
@@ -250,21 +283,23 @@ class EpisodeRecorder:
         return self.writer.discard()
 
     def close(self) -> None:
-        """Discard an unfinished episode and release the videos."""
+        """Discard an unfinished episode and release the videos and the writer."""
         if self.recording:
             n = self.discard()
             log.warning("discarded the unfinished episode (%d steps) on shutdown", n)
+        self.writer.close()
 
     # -- internals ---------------------------------------------------------------------------------
     def _finish_pending(self, now: float) -> None:
-        """Give the pending step its action (the target commanded now) and write it."""
+        """Give the pending step its action (the target due one ``dt`` after the step's time) and write it."""
         if self._pending is None:
             return
-        step, self._pending = self._pending, None
-        if "action" in self.stale_inputs(now):
+        (step, t0), self._pending = self._pending, None
+        action = None if "action" in self.stale_inputs(now) else self._action_due(t0 + self.dt)
+        if action is None:
             self._drop(["action"])
             return
-        step["action"] = self._action[0]
+        step["action"] = action
         self.writer.append(step)
         for key, frame in self._pending_frames.items():  # the videos hold exactly the dataset's steps
             self._videos[key].append_data(frame)
