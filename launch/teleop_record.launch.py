@@ -21,10 +21,10 @@ from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from dp_bringup.launch_helpers import PKG, real_cell_nodes, truthy
+from dp_bringup.launch_helpers import PKG, first_cell_seed, real_cell_nodes, truthy
 
 ARGS = ("sim", "dataset", "robot_ip", "camera_serials", "input", "video", "teleop_config", "recorder_config",
-        "demo_dataset", "first_demo", "num_demos", "log_level")
+        "demo_dataset", "first_demo", "num_demos", "seed", "log_level")
 
 
 def launch_setup(context, *_, **__):
@@ -52,7 +52,7 @@ def launch_setup(context, *_, **__):
     if mode == "spacemouse":
         nodes.append(Node(package=PKG, executable="spacemouse", name="spacemouse", **common, parameters=[teleop_cfg]))
     if sim:
-        first = int(arg["first_demo"]) if mode == "scripted" else 0
+        first = int(arg["first_demo"]) if mode == "scripted" else first_cell_seed(arg["seed"], arg["dataset"])
         nodes.append(Node(package=PKG, executable="pusht_sim", name="pusht_sim", **common,
                           parameters=[os.path.join(share, "config", "pusht_sim.yaml"),
                                       {"auto_reset": False, "seed": first}]))
@@ -94,6 +94,9 @@ def generate_launch_description() -> LaunchDescription:
                                           "../shared/data/pusht/pusht_cchi_v7_replay.zarr from the working directory)"),
         DeclareLaunchArgument("first_demo", default_value="0", description="input:=scripted: first demonstration"),
         DeclareLaunchArgument("num_demos", default_value="3", description="input:=scripted: how many to record"),
+        DeclareLaunchArgument("seed", default_value="",
+                              description="sim, input spacemouse or topic: the cell's first seed (each episode the "
+                                          "next); default the number of episodes already in the dataset"),
         DeclareLaunchArgument("log_level", default_value="info", choices=["debug", "info", "warn", "error"],
                               description="log level of all nodes"),
     ]

@@ -19,6 +19,25 @@ def parse_serials(text: str) -> list[str]:
     return [s.strip().strip("'\"") for s in text.strip("[]").split(",") if s.strip()]
 
 
+def first_cell_seed(seed: str, dataset: str) -> int:
+    """The simulated cell's first seed for a teleoperation session: ``seed`` when given, else the number of
+    episodes already in ``dataset``, so that a session appending to it starts from new states."""
+    if seed.strip():
+        try:
+            return int(seed)
+        except ValueError:
+            raise RuntimeError(f"seed:={seed!r} is not an integer") from None
+    from dp_core.episode_store import DatasetError, EpisodeStore
+
+    path = os.path.expanduser(dataset)
+    if not os.path.exists(path):
+        return 0
+    try:
+        return EpisodeStore.open(path).n_episodes
+    except DatasetError as exc:
+        raise RuntimeError(f"dataset:={dataset}: {exc}") from None
+
+
 def real_cell_nodes(share: str, robot_ip: str, camera_serials: str, common: dict) -> list[Node]:
     """The UR driver and the RealSense camera node of the real cell, parameters from ``share``/config."""
     if not robot_ip:

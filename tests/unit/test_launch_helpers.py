@@ -33,3 +33,21 @@ def test_real_cell_nodes_need_a_robot_ip_and_pass_the_serials() -> None:
     assert _overrides(cameras) == {"serials": ["111", "222"]}
     _, no_serials = real_cell_nodes("/share", "10.0.0.2", "", {})
     assert _overrides(no_serials) == {}  # the cameras.yaml file only
+
+
+def test_first_cell_seed_continues_after_the_datasets_episodes(tmp_path) -> None:
+    import numpy as np
+    import pytest
+
+    from dp_bringup.launch_helpers import first_cell_seed
+    from dp_core.episode_store import EpisodeStore
+
+    path = tmp_path / "demos.zarr"
+    assert first_cell_seed("", str(path)) == 0  # a new dataset
+    store = EpisodeStore.open(path, mode="a")
+    for _ in range(3):
+        store.add_episode({"action": np.zeros((4, 2), np.float32)})
+    assert first_cell_seed("", str(path)) == 3  # the next session starts from states not yet recorded
+    assert first_cell_seed("7", str(path)) == 7
+    with pytest.raises(RuntimeError, match="not an integer"):
+        first_cell_seed("x", str(path))
