@@ -34,6 +34,20 @@ def test_episode_ends_on_timeout_and_next_seed_starts() -> None:
     assert cell.score() == pytest.approx(min(ended[0].max_coverage / 0.95, 1.0))
 
 
+def test_the_start_states_coverage_does_not_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The score is the max over the states after each action (as dp-eval and the original's runner score):
+    a start state that happens to cover the goal well must not count if the first pushes move the block off."""
+    stepped = [False]  # 0.9 in the reset state, 0.1 after the physics steps
+    monkeypatch.setattr(PushTEnv, "coverage", lambda self: 0.1 if stepped[0] else 0.9)
+    ended = []
+    cell = PushTCell(PushTConfig(render_size=0), seed=3, episode_s=0.2, on_episode_end=ended.append, clock=lambda: 0.0)
+    assert cell.snapshot()[1] == 0.9
+    stepped[0] = True
+    for i in range(30):
+        cell.tick(now=(i + 1) * 0.01)
+    assert len(ended) == 1 and ended[0].max_coverage == 0.1
+
+
 def test_episode_clock_can_wait_for_the_first_command() -> None:
     ended = []
     cell = PushTCell(PushTConfig(render_size=0), seed=3, episode_s=0.5, on_episode_end=ended.append,

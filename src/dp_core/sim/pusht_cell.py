@@ -75,7 +75,8 @@ class PushTCell:
         self._episode_start: float | None = None if self.start_on_command else now
         self._commanded = False
         self._hold_until = now + self.reset_hold_s if hold else -math.inf
-        self._coverage = self._max_coverage = self.env.coverage()
+        self._coverage = self.env.coverage()
+        self._max_coverage = 0.0  # the paper's score: the max over the states the policy's actions reach
         self._obs = obs
 
     @property
