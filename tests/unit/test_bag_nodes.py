@@ -239,3 +239,19 @@ def test_launch_arguments_left_empty_keep_the_parameter_files_values(monkeypatch
     assert given["policy_node"] == {"checkpoint": default["policy_node"]["checkpoint"], "device": "cpu",
                                     "extra_latency_s": 0.1, "replan_steps": 4, "warm_start": True}
     assert given["action_executor"] == {"latency_compensation": False} and given["pusht_sim"]["seed"] == 7
+
+
+def test_the_real_cell_launch_needs_a_checkpoint(monkeypatch) -> None:
+    """sim:=false without checkpoint:= used to start the simulated cell's bundled model against the robot."""
+    from launch import LaunchContext
+    from launch.actions import DeclareLaunchArgument
+
+    launch = _launch_module()
+    monkeypatch.setattr(launch, "get_package_share_directory", lambda _: str(REPO))
+    context = LaunchContext()
+    for action in launch.generate_launch_description().entities:
+        if isinstance(action, DeclareLaunchArgument):
+            action.visit(context)
+    context.launch_configurations.update(sim="false", robot_ip="192.168.1.10")
+    with pytest.raises(RuntimeError, match="sim:=false needs checkpoint:="):
+        launch.launch_setup(context)
