@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .control.action_schedule import ActionSchedule
-from .eval_pusht import pusht_sources
+from .eval_pusht import pusht_render_size, pusht_sources
 from .inference import PolicyRunner, observation_from_sources, stack_history
 from .policy import DiffusionPolicy
 from .sim.pusht import PushTConfig, PushTEnv, pusht_score
@@ -61,7 +61,7 @@ def latency_table(
     A chunk every ``replan_steps`` steps (default: the policy's n_action_steps) from noise, or with
     ``warm_start`` from the previous chunk: the policy node's defaults.
     """
-    env = PushTEnv(PushTConfig(render_size=96 if policy.cfg.shape_meta.rgb_keys else 0))
+    env = PushTEnv(PushTConfig(render_size=pusht_render_size(policy.cfg.shape_meta)))
     runner = PolicyRunner(policy, dt=1.0 / env.config.control_hz, warm_start=warm_start, seed=seed)
     replan = replan_steps or policy.cfg.n_action_steps
     available = policy.cfg.horizon - policy.cfg.n_obs_steps + 1

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_policy
+from .config import ShapeMeta
 from .fast_inference import InferenceOptions
 from .inference import PolicyRunner, observation_from_sources, stack_history
 from .sim.pusht import PushTConfig, PushTEnv, pusht_score
@@ -31,6 +32,17 @@ class EpisodeResult:
     max_coverage: float
     steps: int
     success: bool
+
+
+def pusht_render_size(shape_meta: ShapeMeta) -> int:
+    """The simulator's image size for a policy's image observations (0: none); they must be square and equal."""
+    sizes = {key: tuple(shape_meta.obs[key].shape[:2]) for key in shape_meta.rgb_keys}
+    if not sizes:
+        return 0
+    if len(set(sizes.values())) != 1 or next(iter(sizes.values()))[0] != next(iter(sizes.values()))[1]:
+        raise ValueError(f"the Push-T simulator renders one square image size; the policy's image observations "
+                         f"are {sizes}")
+    return next(iter(sizes.values()))[0]
 
 
 def pusht_sources(env_obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -90,8 +102,7 @@ def evaluate(
     replace(d, **overrides)  # checks them with the policy's schedule (ConfigError, a ValueError)
     for key, value in overrides.items():  # in place: the policy's samplers read this object
         setattr(d, key, value)
-    needs_image = bool(policy.cfg.shape_meta.rgb_keys)
-    env = PushTEnv(PushTConfig(max_steps=max_steps, render_size=96 if needs_image else 0))
+    env = PushTEnv(PushTConfig(max_steps=max_steps, render_size=pusht_render_size(policy.cfg.shape_meta)))
     runner = PolicyRunner(policy, dt=1.0 / env.config.control_hz, warm_start=warm_start, seed=seed, inference=inference)
     warmup_s = runner.warmup()  # graph capture or the ONNX Runtime graph happen here, not in the first episode's latencies
     results, latencies = [], []
@@ -121,6 +132,7 @@ def evaluate(
             "device": str(policy.device),
             "path": "fast" if policy.uses_fast_path else "reference",
             "backend": policy.inference_options.backend,
+            "precision": policy.inference_options.precision,
             "warmup_s": round(warmup_s, 3),
             "scheduler": d.inference_scheduler,
             "num_inference_steps": d.num_inference_steps,

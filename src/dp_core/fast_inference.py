@@ -54,7 +54,8 @@ class InferenceOptions:
     """How :meth:`DiffusionPolicy.predict_action` samples.
 
     ``fast``: the fast path (False: the reference path, diffusers' ``step`` and the plain modules).
-    ``precision``: ``bf16`` runs the networks under bf16 autocast on CUDA (ignored on CPU); ``int8``
+    ``precision``: ``bf16`` runs the networks under bf16 autocast on CUDA (elsewhere ``configure_inference`` warns
+    and samples in fp32); ``int8``
     gives the UNet's deep convolutions int8 weights, one scale per output channel (outputs within
     ``INT8_TOLERANCE`` rather than the fp32 tolerance): on a CPU on the ONNX Runtime backend, with
     activations quantised per call (:mod:`dp_core.ort_step`); on CUDA on the torch backend, as bf16 plus

@@ -90,10 +90,15 @@ class PolicyRunner:
         start = time.perf_counter()
         device = self.policy.device
         batch = {}
-        for key in self.shape_meta.obs:
+        n_obs = self.policy.cfg.n_obs_steps
+        for key, spec in self.shape_meta.obs.items():
             if key not in obs:
                 raise KeyError(f"observation '{key}' missing; policy expects {list(self.shape_meta.obs)}")
-            batch[key] = torch.as_tensor(np.asarray(obs[key]))[None].to(device, non_blocking=True)
+            value = np.asarray(obs[key])
+            if value.shape != (n_obs, *spec.shape):  # e.g. images of another size: the encoder would take them
+                raise ValueError(f"observation '{key}' has shape {value.shape}; the policy expects "
+                                 f"{(n_obs, *spec.shape)} (n_obs_steps x {spec.type} shape)")
+            batch[key] = torch.as_tensor(value)[None].to(device, non_blocking=True)
         guess = self._warm_guess(t)
         pred = self.policy.predict_action(batch, warm_start=guess, generator=self._generator)["action_pred"]
         self._prev, self._prev_t = pred, t

@@ -105,14 +105,19 @@ def observation_from_msg(msg, type_name: str, spec: ObsSpec) -> tuple[float, np.
     """``(header stamp in s, value)`` of one observation sample as the policy consumes it.
 
     Images come back as recorded (rgb8; resizing to the policy's input is the policy loop's job),
-    low-dim values as ``spec.shape[0]`` float32 values.
+    low-dim values as ``spec.shape[0]`` float32 values: the message's values ``columns[0]:columns[1]`` when
+    the spec picks columns (as training picked them from the recorded vector), else its first ones.
     """
     stamp = stamp_seconds(msg.header.stamp)
     if spec.type == "rgb":
         if type_name != "Image":
             raise TypeError(f"an rgb observation needs Image messages, not {type_name}")
         return stamp, image_to_numpy(msg, "rgb8")
-    return stamp, low_dim_from_msg(msg, type_name, spec.shape[0])
+    if spec.columns is None or spec.columns[0] == 0:
+        return stamp, low_dim_from_msg(msg, type_name, spec.shape[0])
+    if type_name == "PoseArray":  # its value count fixes the values per pose: a slice of it is ambiguous
+        raise TypeError(f"columns {spec.columns} of a PoseArray observation: only columns starting at 0 are supported")
+    return stamp, low_dim_from_msg(msg, type_name, spec.columns[1])[spec.columns[0]:]
 
 
 def position_from_msg(msg, names: Sequence[str]) -> np.ndarray:

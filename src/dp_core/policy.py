@@ -20,6 +20,7 @@ reference path below (diffusers' ``step``, the plain modules).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +81,10 @@ class DiffusionPolicy(nn.Module):
                 raise ValueError(f"inference backend 'onnxruntime' runs on the CPU; this policy is on {self.device}")
             if not onnxruntime_available():
                 raise ValueError("inference backend 'onnxruntime' needs the onnxruntime package (requirements/core.txt)")
+        elif options.precision == "bf16" and not (options.fast and self.device.type == "cuda"):
+            warnings.warn(f"precision 'bf16' applies on the fast path on CUDA; sampling in fp32 on {self.device}",
+                          RuntimeWarning, stacklevel=2)
+            options = dataclasses.replace(options, precision="fp32")
         elif options.precision == "int8" and not (options.fast and unet and self.device.type == "cuda"):
             raise ValueError("precision 'int8' runs the fast path of a UNet diffusion policy: on the CPU with the "
                              f"ONNX Runtime backend (onnxruntime installed), or on CUDA; this policy is on {self.device}")

@@ -54,7 +54,7 @@ class SamplingPlan:
         if not plan_supported(scheduler):
             raise ValueError(f"no precomputed plan for {type(scheduler).__name__} with {dict(scheduler.config)}")
         cfg = scheduler.config
-        alphas = scheduler.alphas_cumprod.double()
+        alphas = scheduler.alphas_cumprod.detach().cpu().double()  # add_noise leaves it on the policy's device
         ts = [int(t) for t in timesteps]
         a_t = alphas[ts]
         if isinstance(scheduler, DDIMScheduler):

@@ -6,7 +6,9 @@ storage), an in-place update that bumps the tensor's version counter (``load_sta
 and foreach optimiser steps), or a step of an optimiser that holds the parameter: fused optimiser steps
 (``AdamW(fused=True)``, the training default here) update in place without bumping the version counter, so
 each optimiser step is counted per parameter by a global step hook. A replayed CUDA graph of a training
-step runs no Python step, and counts its steps with :func:`count_step`.
+step runs no Python step, and counts its steps with :func:`count_step`. Writes through ``.data`` (as diffusers'
+``EMAModel.copy_to`` and ``restore`` make them) bump no counter and are not seen: after such a write, call
+``DiffusionPolicy.configure_inference`` again (training validates on the torch fp32 path, which holds no copy).
 """
 
 from __future__ import annotations

@@ -61,6 +61,18 @@ def test_ddpm_plan_equals_scheduler_step_with_its_noise(clip: bool) -> None:
     assert torch.allclose(x, ref, rtol=1e-5, atol=1e-5), (x - ref).abs().max()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_plan_builds_after_add_noise_moved_the_schedule_to_the_gpu() -> None:
+    """diffusers' add_noise (a warm start) leaves alphas_cumprod on the GPU; later plans must still build."""
+    sched = DDPMScheduler(**SCHED)
+    zeros = torch.zeros(1, 16, 2, device="cuda")
+    sched.add_noise(zeros, zeros, torch.tensor([5], device="cuda"))
+    assert sched.alphas_cumprod.device.type == "cuda"
+    sched.set_timesteps(50, device="cuda")
+    plan = SamplingPlan.from_scheduler(sched, sched.timesteps)
+    assert len(plan) == 50 and plan.draws_noise
+
+
 def test_unsupported_scheduler_settings_are_refused() -> None:
     sched = DDIMScheduler(**{**SCHED, "prediction_type": "v_prediction"})
     sched.set_timesteps(8)

@@ -192,3 +192,22 @@ def test_cli_writes_report_and_plot(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert report["chunks"] == 3 and report["action_error"]["rmse"] > 0  # at 0.1, 0.9, 1.7 s: one every Ta = 8 steps
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "action error MAE/RMSE" in capsys.readouterr().out
+
+
+def test_live_observations_take_the_columns_training_took() -> None:
+    """A spec with columns [2, 4] trained on values 2:4 of the recorded vector: the node and replay must read
+    the same ones from the message (they read its first two)."""
+    from sensor_msgs.msg import JointState
+
+    from dp_core.config import ActionSpec, ShapeMeta
+    from dp_core.control.policy_params import used_observations
+
+    msg = JointState(position=[0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    _, value = observation_from_msg(msg, "JointState", ObsSpec("low_dim", [2], source="joints", columns=[2, 4]))
+    assert value.tolist() == [2.0, 3.0]
+    _, value = observation_from_msg(msg, "JointState", ObsSpec("low_dim", [2], source="joints", columns=[0, 2]))
+    assert value.tolist() == [0.0, 1.0]
+    meta = ShapeMeta(obs={"kp": ObsSpec("low_dim", [2], source="keypoint", columns=[2, 4])}, action=ActionSpec(2))
+    params = PolicyNodeParams(obs_keys=["kp"], obs_topics=["/pusht/keypoints"], obs_types=["PoseArray"])
+    with pytest.raises(ConfigError, match=r"observation 'kp' takes columns \[2, 4\].*PoseArray"):
+        used_observations(params, meta)

@@ -91,7 +91,7 @@ class PolicyNode(Node):
         self._thread.start()
         self.get_logger().info(
             f"policy {checkpoint} on {policy.device} ({'fast' if policy.uses_fast_path else 'reference'} path, "
-            f"{p.inference_precision}): {cfg.denoiser} {cfg.kind}, To={cfg.n_obs_steps} "
+            f"{policy.inference_options.precision}): {cfg.denoiser} {cfg.kind}, To={cfg.n_obs_steps} "
             f"Tp={cfg.horizon} Ta={cfg.n_action_steps}, a chunk every {self.period:.2f} s, observations {dict(zip(keys, topics))}"
         )
 

@@ -101,13 +101,19 @@ def load_node_params(path: str | Path, node: str = "policy") -> PolicyNodeParams
 def used_observations(params: PolicyNodeParams, shape_meta: ShapeMeta) -> dict[str, tuple[str, str]]:
     """``{obs key: (topic, message type)}`` of the configured observations the policy uses.
 
-    Raises ``ConfigError`` when the policy needs an observation the parameters do not provide or the
-    action names do not match the policy's action dimension.
+    Raises ``ConfigError`` when the policy needs an observation the parameters do not provide, the
+    action names do not match the policy's action dimension, or a PoseArray observation would be sliced.
     """
     missing = set(shape_meta.obs) - set(params.obs_keys)
     if missing:
         raise ConfigError(f"policy needs observations {sorted(missing)} that obs_keys {params.obs_keys} do not provide")
     if len(params.action_names) != shape_meta.action.dim:
         raise ConfigError(f"action_names {params.action_names} vs policy action dim {shape_meta.action.dim}")
-    return {key: (topic, type_name) for key, topic, type_name in zip(params.obs_keys, params.obs_topics, params.obs_types)
+    used = {key: (topic, type_name) for key, topic, type_name in zip(params.obs_keys, params.obs_topics, params.obs_types)
             if key in shape_meta.obs}
+    for key, (_, type_name) in used.items():
+        columns = shape_meta.obs[key].columns
+        if type_name == "PoseArray" and columns is not None and columns[0] != 0:
+            raise ConfigError(f"observation '{key}' takes columns {columns} of its recorded vector; from a PoseArray "
+                              "only columns starting at 0 can be read")
+    return used
