@@ -34,6 +34,8 @@ from tqdm import tqdm
 
 from .bag_io import BagError, BagReader, short_type
 from .camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
+from .control_period import ATTRIBUTE as PERIOD_ATTRIBUTE
+from .control_period import period_mismatch, read_period
 from .camera_sources import (DIAGNOSTICS_TOPIC, CameraSource, camera_name, read_cameras, serials_from_statuses,
                              with_new_episode, write_cameras)
 from .config import ConfigError, apply_overrides, from_dict, read_yaml
@@ -138,6 +140,9 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 def convert_bag(bag_path: str | Path, store: EpisodeStore, cfg: BagConversionConfig, progress: bool = True) -> ConversionReport:
     """Append the episodes of one bag to ``store``."""
+    why = period_mismatch(read_period(store.group.attrs), cfg.dt)
+    if why:
+        raise BagError(f"{store.path}: its episodes were {why} (the conversion's dt); convert into a new dataset")
     with BagReader(bag_path) as bag:
         topics = [s.topic for s in cfg.streams.values()] + [cfg.action.topic]
         allowed: dict[str, list[str]] = {cfg.action.topic: ["PoseStamped"]}
@@ -207,6 +212,7 @@ def convert_bag(bag_path: str | Path, store: EpisodeStore, cfg: BagConversionCon
                   for s in streams}
         dataset_cameras = with_new_episode(read_cameras(store.group.attrs.get(CAMERAS_ATTRIBUTE)), cameras)
         store.group.attrs[CAMERAS_ATTRIBUTE] = write_cameras(dataset_cameras)  # before the episodes, as the recorder
+        store.group.attrs[PERIOD_ATTRIBUTE] = cfg.dt
         lengths = []
         for a, b in runs:
             episode = {s.key: arrays[s.key][a:b] for s in streams}

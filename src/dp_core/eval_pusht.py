@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_policy
 from .config import ShapeMeta
+from .control_period import check_policy_period
 from .fast_inference import InferenceOptions
 from .inference import PolicyRunner, observation_from_sources, stack_history
 from .sim.pusht import PushTConfig, PushTEnv, pusht_score
@@ -103,6 +104,7 @@ def evaluate(
     for key, value in overrides.items():  # in place: the policy's samplers read this object
         setattr(d, key, value)
     env = PushTEnv(PushTConfig(max_steps=max_steps, render_size=pusht_render_size(policy.cfg.shape_meta)))
+    check_policy_period(checkpoint, 1.0 / env.config.control_hz)
     runner = PolicyRunner(policy, dt=1.0 / env.config.control_hz, warm_start=warm_start, seed=seed, inference=inference)
     warmup_s = runner.warmup()  # graph capture or the ONNX Runtime graph happen here, not in the first episode's latencies
     results, latencies = [], []
@@ -223,7 +225,8 @@ def _latency_main(args: argparse.Namespace) -> int:
 
     try:
         policy = load_policy(args.checkpoint, args.device)
-    except CheckpointError as exc:
+        check_policy_period(args.checkpoint, 1.0 / PushTConfig().control_hz)
+    except (CheckpointError, ValueError) as exc:
         print(f"dp-eval: error: {exc}", file=sys.stderr)
         return 2
     try:

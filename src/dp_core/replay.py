@@ -35,7 +35,7 @@ from .bag_io import BagError, BagReader
 from .camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
 from .camera_sources import DIAGNOSTICS_TOPIC, CameraSource, cameras_to_confirm, read_cameras, serials_by_key
 from .checkpoint import CheckpointError, load_policy, policy_file_extra
-from .config import ConfigError
+from .control_period import check_policy_period
 from .control.policy_loop import PolicyLoop
 from .control.policy_params import PolicyNodeParams, load_node_params, used_observations
 from .inference import PolicyRunner
@@ -235,10 +235,11 @@ def main(argv: list[str] | None = None) -> int:
         if params.cpu_threads > 0:
             torch.set_num_threads(params.cpu_threads)  # as the node: latencies are comparable
         policy = load_policy(args.checkpoint, args.device or params.device)
+        check_policy_period(args.checkpoint, params.dt)
         cameras = read_cameras(policy_file_extra(args.checkpoint).get(CAMERAS_ATTRIBUTE))
         result = replay_bag(args.bag, policy, params, args.reference_topic, None if args.seed < 0 else args.seed,
                             window=(args.start, args.stop), cameras=cameras)
-    except (BagError, CheckpointError, ConfigError) as exc:
+    except (BagError, CheckpointError, ValueError) as exc:  # ValueError: ConfigError, another dt
         print(f"dp-replay: error: {exc}", file=sys.stderr)
         return 1
     report = {"bag": str(args.bag), "checkpoint": str(args.checkpoint), "device": str(policy.device),

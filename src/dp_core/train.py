@@ -30,6 +30,8 @@ from .camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
 from .camera_sources import policy_cameras, read_cameras, write_cameras
 from .checkpoint import CheckpointError, load_training_state, resolve_device, save_policy, save_training_state
 from .config import ConfigError, ExperimentConfig, load_config, to_dict
+from .control_period import ATTRIBUTE as PERIOD_ATTRIBUTE
+from .control_period import read_period
 from .dataset import DatasetError, EpisodeStore, WindowDataset, build_datasets, split_episodes
 from .fast_inference import InferenceOptions
 from .policy import DiffusionPolicy
@@ -84,6 +86,7 @@ class Trainer:
         # the recorded cameras of the policy's image inputs, for the policy node to check the live ones against
         recorded = read_cameras(store.group.attrs.get(CAMERAS_ATTRIBUTE))
         self.cameras = write_cameras(policy_cameras(recorded, cfg.policy.shape_meta))
+        self.control_dt = read_period(store.group.attrs)  # the period the data was recorded at, when known
         self.policy = DiffusionPolicy(cfg.policy)
         rows = np.unique(self.train_set.indices)  # the normaliser sees the training data only, not validation
         self.policy.normalizer.fit(
@@ -152,7 +155,8 @@ class Trainer:
         self.ema.store(params)
         self.ema.copy_to(params)
         try:
-            extra = {"step": self.step, "name": self.cfg.name, **({CAMERAS_ATTRIBUTE: self.cameras} if self.cameras else {})}
+            extra = {"step": self.step, "name": self.cfg.name, **({CAMERAS_ATTRIBUTE: self.cameras} if self.cameras else {}),
+                     **({PERIOD_ATTRIBUTE: self.control_dt} if self.control_dt is not None else {})}
             return save_policy(self.policy, path, extra=extra)
         finally:
             self.ema.restore(params)

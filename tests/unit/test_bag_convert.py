@@ -69,6 +69,12 @@ def test_cell_bag_to_dataset(tmp_path: Path, storage: str) -> None:
                           "image": ObsSpec("rgb", [8, 8, 3], "img")})
     arrays = StepArrays.load(store, meta)
     assert arrays.action.shape == (59, 2) and arrays.obs["image"].shape == (59, 8, 8, 3)
+    assert store.group.attrs["control_dt"] == pytest.approx(0.1)  # the grid's period, for training to carry on
+    # Appending on another grid would mix periods in one dataset: refused, nothing written
+    with pytest.raises(BagError, match=r"recorded every 0.1 s \(10 Hz\), not every 0.05 s"):
+        convert_bag(bag, EpisodeStore.open(tmp_path / "out.zarr", mode="a"), load_conversion_config(CONFIG, ["dt=0.05"]),
+                    progress=False)
+    assert EpisodeStore.open(tmp_path / "out.zarr").n_steps == 59
 
 
 def test_cli_appends_and_reports_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

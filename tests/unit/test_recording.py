@@ -294,6 +294,22 @@ def test_recorder_pairs_each_image_with_the_state_of_its_capture_time(tmp_path: 
     np.testing.assert_allclose(store.read("action")[:, 0] * 1000, image_ms + 100.0, atol=1e-3)
 
 
+def test_recorder_stores_its_period_and_refuses_another(tmp_path: Path) -> None:
+    path = tmp_path / "r.zarr"
+    rec = make_recorder(path)  # dt 0.1
+    feed(rec, 0.0, 0)
+    rec.start(0.0)
+    rec.tick(0.1)
+    feed(rec, 0.1, 1)
+    rec.stop(0.2)
+    assert zarr.open_group(str(path), mode="r").attrs["control_dt"] == 0.1
+    fast = EpisodeRecorder(EpisodeWriter(path), [StreamSpec("keypoint", "low_dim", dim=4), StreamSpec("img", "image", image_size=(8, 6))],
+                           action_dim=2, dt=0.05, max_age_s=0.25)
+    feed(fast, 1.0, 2)
+    with pytest.raises(RecorderError, match=r"were recorded every 0.1 s \(10 Hz\), not every 0.05 s"):
+        fast.start(1.0)
+
+
 def test_recorder_refuses_samples_stamped_in_the_future(tmp_path: Path) -> None:
     """One sample stamped far ahead would block every later step (its stream never aligns) while the inputs
     looked fresh: it is refused when the recorder is told the time, and reported stale otherwise."""

@@ -12,6 +12,7 @@ import zarr
 from conftest import REPO, experiment, tiny_policy_config, write_episodes
 from dp_core.checkpoint import load_policy, load_training_state, policy_file_extra
 from dp_core.config import ConfigError, ObsSpec
+from dp_core.control_period import check_policy_period
 from dp_core.dataset import build_datasets, split_episodes
 from dp_core.train import Trainer, TrainingError, main, train
 
@@ -322,7 +323,7 @@ def test_real_cell_config_trains_on_what_the_real_recorder_writes(tmp_path: Path
     data = write_episodes(tmp_path / "ur5.zarr", episodes)
     recorded = {"camera_0": {"height": 480, "width": 640, "serial": "111"},  # as the recorder stores them
                 "camera_1": {"height": 480, "width": 640, "serial": "222"}}
-    zarr.open_group(str(data), mode="a").attrs["cameras"] = recorded
+    zarr.open_group(str(data), mode="a").attrs.update({"cameras": recorded, "control_dt": 1.0 / rec["rate_hz"]})
     cfg = load_config(REPO / "config" / "ur5_image_unet.yaml",
                       [f"data.path={data}", f"train.output_dir={tmp_path / 'run'}", "train.device=cpu",
                        "train.batch_size=2", "train.num_steps=1", "policy.unet.down_dims=[16,32,64]"])
@@ -333,6 +334,12 @@ def test_real_cell_config_trains_on_what_the_real_recorder_writes(tmp_path: Path
     # the policy file carries the recorded cameras, by observation key, for the policy node's check
     extra = policy_file_extra(trainer.save_ema_policy(tmp_path / "p.safetensors"))
     assert extra["cameras"] == {key: recorded[cfg.policy.shape_meta.obs[key].source] for key in ("camera_0", "camera_1")}
+    # ... and the control period the data was recorded at: the node and dp-replay refuse to run it at another
+    policy_path = tmp_path / "p.safetensors"
+    assert extra["control_dt"] == pytest.approx(0.1)
+    check_policy_period(policy_path, 0.1)
+    with pytest.raises(ValueError, match=r"recorded every 0.1 s \(10 Hz\), not every 0.05 s"):
+        check_policy_period(policy_path, 0.05)
 
 
 def test_resume_changes_ignore_settings_one_version_lacks() -> None:

@@ -30,6 +30,7 @@ from dp_bringup.ros_conversions import chunk_to_msg
 from dp_core.camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
 from dp_core.camera_sources import DIAGNOSTICS_TOPIC, cameras_to_confirm, read_cameras, serials_by_key
 from dp_core.checkpoint import CheckpointError, load_policy, policy_file_extra
+from dp_core.control_period import check_policy_period
 from dp_core.control.policy_loop import PolicyLoop
 from dp_core.control.policy_params import PolicyNodeParams, check_renamed, used_observations
 from dp_core.inference import PolicyRunner
@@ -57,6 +58,7 @@ class PolicyNode(Node):
         if cpu_threads > 0:  # few threads: OpenMP workers spinning beside the other nodes cost more than they give
             torch.set_num_threads(cpu_threads)
         policy = load_policy(checkpoint, device)
+        check_policy_period(checkpoint, self.dt)
         cfg = policy.cfg
         used = used_observations(p, cfg.shape_meta)
         self.period = p.replan_period(cfg)

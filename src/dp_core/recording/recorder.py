@@ -36,6 +36,8 @@ import numpy as np
 from ..camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
 from ..camera_sources import CameraSource, read_cameras, with_new_episode, write_cameras
 from ..control.obs_buffer import ObsBuffer
+from ..control_period import ATTRIBUTE as PERIOD_ATTRIBUTE
+from ..control_period import period_mismatch, read_period
 from ..control.stamps import STAMP_TOLERANCE_S as _EPS
 from .episode_writer import EpisodeWriter
 
@@ -222,6 +224,10 @@ class EpisodeRecorder:
         stale = self.stale_inputs(now)
         if stale:
             raise RecorderError(f"not starting: no recent data (within {self.max_age_s} s) from {', '.join(stale)}")
+        why = period_mismatch(read_period(self.writer.group.attrs), self.dt)
+        if why:
+            raise RecorderError(f"not starting: the episodes in {self.writer.path} were {why}: record into a new "
+                                "dataset, or at their rate")
         recorded = self._recorded_cameras()
         for key, live in self.cameras().items():
             why = recorded[key].mismatch(live) if key in recorded else None
@@ -270,6 +276,7 @@ class EpisodeRecorder:
         self.writer.sync()  # a failed background write fails the stop before anything is committed
         # before the commit: a committed episode always has its cameras
         self.writer.group.attrs[CAMERAS_ATTRIBUTE] = write_cameras(with_new_episode(self._recorded_cameras(), self.cameras()))
+        self.writer.group.attrs[PERIOD_ATTRIBUTE] = self.dt
         steps = self.writer.commit()
         videos = self._close_videos(keep=index)
         return EpisodeSummary(index, steps, now - self._start, self._dropped, dict(self._stale), videos)
