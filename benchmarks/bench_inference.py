@@ -17,6 +17,7 @@ shared machine it is less disturbed by other processes than wall time). Paths: `
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -35,7 +36,7 @@ from dp_core.checkpoint import resolve_device
 from dp_core.config import ObsSpec, PolicyConfig, load_config
 from dp_core.fast_inference import InferenceOptions
 from dp_core.policy import DiffusionPolicy, shift_chunk
-from machine import cpu_model
+from machine import code_version, cpu_model
 
 SETTINGS = {"ddpm100": ("ddpm", 100, False), "ddim16": ("ddim", 16, False), "ddim8": ("ddim", 8, False),
             "ddim4": ("ddim", 4, False), "warm": ("ddim", 16, True)}
@@ -169,17 +170,19 @@ def main() -> None:
     for preset, cameras, size, setting in rows(args.matrix, args.presets, args.cameras, sizes, args.settings):
         cfg = variant(preset, cameras, size)
         cfg.diffusion.inference_scheduler = SETTINGS[setting][0]
-        torch.manual_seed(0)
-        policy = DiffusionPolicy(cfg).to(device).eval()
-        for path in paths:
+        for path in paths:  # a policy per path: the fast path changes the encoders' layout for good
+            torch.manual_seed(0)
+            policy = DiffusionPolicy(cfg).to(device).eval()
             policy.configure_inference(PATHS[path])
             row = bench(policy, setting, args.warmup, args.repeats, args.budget_s)
             shape = cfg.shape_meta.obs[cfg.shape_meta.rgb_keys[0]].shape[:2] if cameras else None
             results.append({"preset": preset, "cameras": cameras, "image": "x".join(map(str, shape)) if shape else None,
-                            "path": path, **row, "load_avg": load_average()})
+                            "path": path, **row, "options": dataclasses.asdict(policy.inference_options),
+                            "load_avg": load_average()})
             print(json.dumps(results[-1]), flush=True)
-        del policy
+            del policy
     meta = {
+        "commit": code_version(),
         "device": str(device),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),

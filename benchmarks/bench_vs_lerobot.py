@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/machine.py
 
 from dp_core.config import ConfigError, load_config
-from machine import cpu_model
+from machine import code_version, cpu_model
 
 LEROBOT_GROUP_NORM_CHANNELS = 16  # LeRobot: GroupNorm(num_features // 16) in the ResNet
 
@@ -309,6 +309,7 @@ def main() -> None:
     report = {
         "meta": {
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "commit": code_version(),
             "started_utc": started.isoformat(timespec="seconds"),
             "device": args.device, "gpu": gpu_name, "cpu": cpu_model(),
             "cpu_count": os.cpu_count(), "threads": args.threads,

@@ -14,6 +14,7 @@ kernels (launch gaps, host work).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -25,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import PATHS, SETTINGS, fake_obs, variant  # noqa: E402  (also puts src/ on the path)
+from machine import code_version  # noqa: E402
 
 from dp_core.policy import DiffusionPolicy  # noqa: E402
 
@@ -105,10 +107,11 @@ def main() -> None:
     for path in args.paths:
         policy.configure_inference(PATHS[path])
         row = {"preset": args.preset, "cameras": args.cameras, "image": args.image_size, "setting": args.setting,
-               "path": path, **profile(policy, steps, args.chunks, args.top, args.repeats)}
+               "path": path, **profile(policy, steps, args.chunks, args.top, args.repeats),
+               "options": dataclasses.asdict(policy.inference_options)}
         results.append(row)
         print(json.dumps(row), flush=True)
-    doc = {"meta": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+    doc = {"meta": {"commit": code_version(), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                     "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, "results": results}
     if args.output:
         Path(args.output).write_text(json.dumps(doc, indent=2))
