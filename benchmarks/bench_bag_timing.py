@@ -1,9 +1,11 @@
-"""Timing of a recorded closed-loop run, from its bag: executor send times and camera frame gaps, as JSON.
+"""Timing of a recorded closed-loop run, from its bag: observation-to-chunk latency, executor send times and
+camera frame gaps, as JSON.
 
     ros2 launch dp_bringup pusht_eval.launch.py num_episodes:=3 bag:=bags/timing
     python benchmarks/bench_bag_timing.py bags/timing --lead 0.1 --camera-rate 30
 
-The bag's receive time of each message is when the recorder got it. The executor sends each
+The bag's receive time of each message is when the recorder got it. A chunk's receive time minus its stamp
+(the newest observation it was computed from) is the policy node's observation-to-chunk latency. The executor sends each
 waypoint ``lead`` seconds before its stamp (its due time: when the robot must be there) or, for the first
 actions of a newly arrived chunk, as soon as the chunk arrives; so ``stamp - receive`` is the slack the
 driver gets (ideally ``lead`` minus the executor tick and DDS delivery), and a waypoint received after
@@ -58,6 +60,19 @@ def camera_timing(bag: BagReader, topic: str, rate: float) -> dict:
             "delivery_latency_ms": percentiles((np.asarray(received) - s) * 1e3)}
 
 
+def chunk_latency(bag: BagReader, topic: str) -> dict:
+    """Observation to chunk: each chunk's receive time minus its stamp (the time of the observation it was
+    computed from), i.e. alignment wait + inference + publishing + DDS delivery to the recorder."""
+    stamps, received = [], []
+    for m in bag.messages([topic]):
+        stamps.append(stamp_seconds(m.msg.header.stamp))
+        received.append(m.log_time_ns * 1e-9)
+    out: dict = {"topic": topic, "chunks": len(stamps)}
+    if stamps:
+        out["obs_to_chunk_ms"] = percentiles((np.asarray(received) - np.asarray(stamps)) * 1e3)
+    return out
+
+
 def camera_sync(bag: BagReader, cameras: list[str], chunk_topic: str, n_obs_steps: int, dt: float) -> dict:
     """Stamp spread between the cameras' frames in each observation the policy used.
 
@@ -104,6 +119,7 @@ def main() -> int:
                 cams = sorted(t for t, info in bag.topics.items() if info.msgtype == "sensor_msgs/msg/Image")
             report = {"bag": args.bag, "loadavg": os.getloadavg(),
                       "executor": command_timing(bag, args.command_topic, args.lead),
+                      "policy": chunk_latency(bag, args.chunk_topic),
                       "cameras": [camera_timing(bag, t, args.camera_rate) for t in cams]}
             if len(cams) > 1:
                 report["camera_sync"] = camera_sync(bag, cams, args.chunk_topic, args.n_obs_steps, args.dt)

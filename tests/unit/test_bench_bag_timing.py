@@ -45,3 +45,10 @@ def test_camera_sync_replays_the_last_frame_at_or_before_each_grid_time() -> Non
     assert out["sync_error_ms"]["n"] == 4
     # At t = 11.0 camera a has a frame at 11.0 and camera b's last is 10.9767 (10 ms after 10.9667).
     assert out["sync_error_ms"]["max"] == pytest.approx(23.33, abs=0.05)
+
+
+def test_observation_to_chunk_latency_is_receive_minus_stamp() -> None:
+    bag = FakeBag({"/chunk": [(10.0, 10.040), (10.8, 10.835), (11.6, 11.700)]})
+    out = timing.chunk_latency(bag, "/chunk")
+    assert out["chunks"] == 3 and out["obs_to_chunk_ms"]["p50"] == pytest.approx(40.0, abs=1e-3)
+    assert out["obs_to_chunk_ms"]["max"] == pytest.approx(100.0, abs=1e-3)
