@@ -7,8 +7,9 @@ does, with RTDE replaced by an object that answers at once and records the host 
 ``servoL`` call, while another thread feeds waypoints at 10 Hz, as the action executor does. With a
 real controller each servoL call blocks until the controller's next cycle; here it returns at once,
 so this measures what the host contributes: the scheduling error of the loop (|interval between
-consecutive servoL calls - period|, p50/p99/max) and how many intervals ran more than half a period
-late. The CPU load average is recorded with the numbers.
+consecutive servoL calls - period|, p50/p99/max), how many intervals ran more than half a period
+late, and each call's lateness against the ideal schedule t0 + k * period (with the cycles missed: interval
+errors that do not cancel out). The CPU load average is recorded with the numbers.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import threading
 import time
 
 import numpy as np
 
 from dp_core.drivers.ur_servo import ServoConfig, URServoController
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/machine.py
+from machine import code_version, cpu_model  # noqa: E402
 
 HOME = [0.4, 0.0, 0.3, 0.0, 3.14159, 0.0]
 
@@ -90,6 +94,7 @@ def measure(rate: float, seconds: float) -> dict:
     t = np.asarray(rtde.servo_times)
     period = 1.0 / rate
     err_ms = (np.diff(t) - period) * 1e3
+    late_ms = (t - (t[0] + period * np.arange(t.size))) * 1e3
     return {
         "rate_hz": rate,
         "servo_calls": int(t.size),
@@ -97,6 +102,10 @@ def measure(rate: float, seconds: float) -> dict:
         "interval_error_ms": {q: float(np.percentile(np.abs(err_ms), p)) for q, p in (("p50", 50), ("p99", 99))}
         | {"max": float(np.abs(err_ms).max())},
         "late_by_over_half_a_period": int(np.count_nonzero(err_ms > 0.5 * period * 1e3)),
+        # against the ideal schedule t0 + k * period: interval errors that do not cancel out accumulate here
+        "missed_cycles": int(round((t[-1] - t[0]) / period)) + 1 - int(t.size),
+        "lateness_vs_schedule_ms": {q: float(np.percentile(late_ms, p)) for q, p in (("p50", 50), ("p99", 99))}
+        | {"max": float(late_ms.max())},
     }
 
 
@@ -110,7 +119,8 @@ def main() -> None:
         row = measure(rate, args.seconds)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    print(json.dumps({"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+    print(json.dumps({"commit": code_version(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+                      "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                       "loadavg": os.getloadavg(), "seconds_per_rate": args.seconds, "rows": rows}, indent=1))
 
 
