@@ -27,15 +27,18 @@ def first_cell_seed(seed: str, dataset: str) -> int:
             return int(seed)
         except ValueError:
             raise RuntimeError(f"seed:={seed!r} is not an integer") from None
-    from dp_core.episode_store import DatasetError, EpisodeStore
+    import zarr
+
+    from dp_core.episode_store import committed_episode_ends
 
     path = os.path.expanduser(dataset)
     if not os.path.exists(path):
         return 0
-    try:
-        return EpisodeStore.open(path).n_episodes
-    except DatasetError as exc:
-        raise RuntimeError(f"dataset:={dataset}: {exc}") from None
+    try:  # a dataset the recorder created but never committed an episode to has no meta/episode_ends yet
+        group = zarr.open_group(path, mode="r")
+        return len(committed_episode_ends(group["meta/episode_ends"][:])) if "meta/episode_ends" in group else 0
+    except Exception as exc:  # zarr raises several types for unreadable stores
+        raise RuntimeError(f"dataset:={dataset}: not a readable zarr dataset ({exc})") from None
 
 
 def real_cell_nodes(share: str, robot_ip: str, camera_serials: str, common: dict) -> list[Node]:

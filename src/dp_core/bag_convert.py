@@ -34,12 +34,13 @@ from tqdm import tqdm
 
 from .bag_io import BagError, BagReader, short_type
 from .camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
-from .control_period import ATTRIBUTE as PERIOD_ATTRIBUTE
-from .control_period import period_mismatch, read_period
 from .camera_sources import (DIAGNOSTICS_TOPIC, CameraSource, camera_name, read_cameras, serials_from_statuses,
                              with_new_episode, write_cameras)
 from .config import ConfigError, apply_overrides, from_dict, read_yaml
 from .control.stamps import STAMP_TOLERANCE_S as _EPS  # stamps this close count as equal
+from .control.stamps import interpolate
+from .control_period import ATTRIBUTE as PERIOD_ATTRIBUTE
+from .control_period import period_mismatch, read_period
 from .dataset import DatasetError, EpisodeStore
 from .msg_fields import LOW_DIM_TYPES, image_to_numpy, low_dim_from_msg, position_from_msg, stamp_seconds
 
@@ -118,18 +119,6 @@ class ConversionReport:
 def sample_index(stamps: np.ndarray, times: np.ndarray) -> np.ndarray:
     """Index of the last stamp at or before each time (-1 where none), as the observation buffer picks."""
     return np.searchsorted(stamps, times + _EPS, side="right") - 1
-
-
-def interpolate(stamps: np.ndarray, values: np.ndarray, times: np.ndarray, max_gap: float) -> tuple[np.ndarray, np.ndarray]:
-    """Linear interpolation of ``values`` (N, D) at ``times``; ``ok`` where bracketed by samples <= max_gap apart."""
-    hi = np.clip(np.searchsorted(stamps, times, side="left"), 0, len(stamps) - 1)
-    exact = np.abs(stamps[hi] - times) <= _EPS
-    lo = np.clip(hi - 1, 0, len(stamps) - 1)
-    inside = (times >= stamps[0] - _EPS) & (times <= stamps[-1] + _EPS)
-    gap = stamps[hi] - stamps[lo]
-    ok = inside & (exact | (gap <= max_gap + _EPS))
-    w = np.where(exact | (gap <= 0), 1.0, (times - stamps[lo]) / np.where(gap > 0, gap, 1.0))[:, None]
-    return values[lo] * (1 - w) + values[hi] * w, ok
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:

@@ -70,6 +70,8 @@ def read_policy_file(path: str | Path) -> tuple[PolicyConfig, dict[str, torch.Te
 
 def policy_file_extra(path: str | Path) -> dict:
     """The extra metadata of a policy file (training step, name, recorded cameras ...) without its weights."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"policy file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             return json.loads((f.metadata() or {}).get("extra", "{}"))

@@ -28,9 +28,11 @@ def period_mismatch(recorded: float | None, dt: float) -> str | None:
 
 
 def check_policy_period(checkpoint, dt: float) -> None:
-    """``ValueError`` when the policy file ``checkpoint`` was trained on data recorded at another period than ``dt``."""
+    """``ConfigError`` when the policy file ``checkpoint`` was trained on data recorded at another period than
+    ``dt`` (reads the file's metadata only)."""
     from .checkpoint import policy_file_extra
+    from .config import ConfigError
 
     why = period_mismatch(read_period(policy_file_extra(checkpoint)), dt)
     if why:
-        raise ValueError(f"{checkpoint}: the policy's training data were {why}: run it at their period (dt)")
+        raise ConfigError(f"{checkpoint}: the policy's training data were {why}: run it at their period (dt)")

@@ -113,11 +113,22 @@ def observation_from_msg(msg, type_name: str, spec: ObsSpec) -> tuple[float, np.
         if type_name != "Image":
             raise TypeError(f"an rgb observation needs Image messages, not {type_name}")
         return stamp, image_to_numpy(msg, "rgb8")
-    if spec.columns is None or spec.columns[0] == 0:
+    why = columns_unreadable(spec, type_name)
+    if why:
+        raise TypeError(why)
+    if spec.columns is None:
         return stamp, low_dim_from_msg(msg, type_name, spec.shape[0])
-    if type_name == "PoseArray":  # its value count fixes the values per pose: a slice of it is ambiguous
-        raise TypeError(f"columns {spec.columns} of a PoseArray observation: only columns starting at 0 are supported")
     return stamp, low_dim_from_msg(msg, type_name, spec.columns[1])[spec.columns[0]:]
+
+
+def columns_unreadable(spec: ObsSpec, type_name: str) -> str | None:
+    """Why a low-dim observation's ``columns`` cannot be read from ``type_name`` messages (None: they can).
+    A PoseArray's values per pose follow from how many values are asked for, so a slice of the vector it was
+    recorded as (2 or 3 per pose) has no sure counterpart in the message: it takes no columns."""
+    if type_name == "PoseArray" and spec.columns is not None:
+        return (f"columns {spec.columns} of a PoseArray observation: give the keypoints' whole vector (no columns), "
+                "the values per pose follow from its length")
+    return None
 
 
 def position_from_msg(msg, names: Sequence[str]) -> np.ndarray:

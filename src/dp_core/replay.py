@@ -30,14 +30,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .bag_convert import interpolate
 from .bag_io import BagError, BagReader
 from .camera_sources import ATTRIBUTE as CAMERAS_ATTRIBUTE
 from .camera_sources import DIAGNOSTICS_TOPIC, CameraSource, cameras_to_confirm, read_cameras, serials_by_key
 from .checkpoint import CheckpointError, load_policy, policy_file_extra
-from .control_period import check_policy_period
+from .config import ConfigError
 from .control.policy_loop import PolicyLoop
 from .control.policy_params import PolicyNodeParams, load_node_params, used_observations
+from .control.stamps import interpolate
+from .control_period import check_policy_period
 from .inference import PolicyRunner
 from .msg_fields import observation_from_msg, position_from_msg, stamp_seconds
 from .policy import DiffusionPolicy
@@ -234,12 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         params = load_node_params(args.params, args.node) if args.params else PolicyNodeParams()
         if params.cpu_threads > 0:
             torch.set_num_threads(params.cpu_threads)  # as the node: latencies are comparable
-        policy = load_policy(args.checkpoint, args.device or params.device)
         check_policy_period(args.checkpoint, params.dt)
+        policy = load_policy(args.checkpoint, args.device or params.device)
         cameras = read_cameras(policy_file_extra(args.checkpoint).get(CAMERAS_ATTRIBUTE))
         result = replay_bag(args.bag, policy, params, args.reference_topic, None if args.seed < 0 else args.seed,
                             window=(args.start, args.stop), cameras=cameras)
-    except (BagError, CheckpointError, ValueError) as exc:  # ValueError: ConfigError, another dt
+    except (BagError, CheckpointError, ConfigError) as exc:
         print(f"dp-replay: error: {exc}", file=sys.stderr)
         return 1
     report = {"bag": str(args.bag), "checkpoint": str(args.checkpoint), "device": str(policy.device),

@@ -235,6 +235,10 @@ class Trainer:
         try:
             while self.step < t.num_steps:
                 loss = self.train_step()
+                if self.distributed:  # every rank sees a non-finite loss at the same step, and stops there together
+                    flag = torch.tensor([0.0 if math.isfinite(loss) else 1.0], device=self.device)
+                    dist.all_reduce(flag)
+                    loss = loss if flag.item() == 0 else math.nan
                 if not math.isfinite(loss):  # the weights are NaN from here: write nothing more
                     raise TrainingError(f"the training loss is {loss} at step {self.step}; stopped without writing a "
                                         f"checkpoint (the last one, if any, is in {self.out / 'checkpoints'}). Lower "

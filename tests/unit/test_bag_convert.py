@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, agent_xy, write_cell_bag
-from dp_core.bag_convert import convert_bag, interpolate, load_conversion_config, main, sample_index
+from dp_core.bag_convert import convert_bag, load_conversion_config, main, sample_index
+from dp_core.control.stamps import interpolate
 from dp_core.bag_io import BagError
 from dp_core.config import ConfigError, ObsSpec, ShapeMeta
 from dp_core.dataset import EpisodeStore, StepArrays

@@ -42,8 +42,12 @@ def test_first_cell_seed_continues_after_the_datasets_episodes(tmp_path) -> None
     from dp_bringup.launch_helpers import first_cell_seed
     from dp_core.episode_store import EpisodeStore
 
+    from dp_core.recording import EpisodeWriter
+
     path = tmp_path / "demos.zarr"
     assert first_cell_seed("", str(path)) == 0  # a new dataset
+    EpisodeWriter(path).close()  # created by a recorder that committed nothing
+    assert first_cell_seed("", str(path)) == 0
     store = EpisodeStore.open(path, mode="a")
     for _ in range(3):
         store.add_episode({"action": np.zeros((4, 2), np.float32)})

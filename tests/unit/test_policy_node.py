@@ -36,7 +36,7 @@ def test_a_malformed_sample_is_rejected_not_fatal(tmp_path: Path, request: pytes
             pub.publish(msg)
             executor.spin_once(timeout_sec=0.05)  # a callback's exception would propagate from here
         assert node.stats["rejected_samples"] >= 3
-        assert "8 poses" in node.stats["last_refusal"]
+        assert "8 poses" in node.stats["last_rejected_sample"]  # (last_refusal is also the inference thread's)
         # A well-formed sample stamped far ahead (a clock out of sync) is refused too, and names the reason.
         msg = PoseArray(poses=[Pose() for _ in range(9)])
         now = node.get_clock().now().nanoseconds
@@ -46,7 +46,7 @@ def test_a_malformed_sample_is_rejected_not_fatal(tmp_path: Path, request: pytes
         while node.stats["rejected_samples"] == before and time.monotonic() < deadline:
             pub.publish(msg)
             executor.spin_once(timeout_sec=0.05)
-        assert "in the future" in node.stats["last_refusal"]
+        assert "in the future" in node.stats["last_rejected_sample"]
         # The inference thread runs on the node's own context (it checked rclpy's default one and ended at once).
         assert node._thread.is_alive() and node.stats["refused"] > 0
         node.stop()

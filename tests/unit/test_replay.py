@@ -209,5 +209,8 @@ def test_live_observations_take_the_columns_training_took() -> None:
     assert value.tolist() == [0.0, 1.0]
     meta = ShapeMeta(obs={"kp": ObsSpec("low_dim", [2], source="keypoint", columns=[2, 4])}, action=ActionSpec(2))
     params = PolicyNodeParams(obs_keys=["kp"], obs_topics=["/pusht/keypoints"], obs_types=["PoseArray"])
-    with pytest.raises(ConfigError, match=r"observation 'kp' takes columns \[2, 4\].*PoseArray"):
+    with pytest.raises(ConfigError, match=r"observation 'kp': columns \[2, 4\] of a PoseArray observation"):
+        used_observations(params, meta)
+    meta.obs["kp"].columns = [0, 2]  # also from 0: recorded with 3 values per pose, the first 2 are x, y, z[0]
+    with pytest.raises(ConfigError, match="PoseArray"):
         used_observations(params, meta)

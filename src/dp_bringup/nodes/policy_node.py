@@ -57,8 +57,8 @@ class PolicyNode(Node):
 
         if cpu_threads > 0:  # few threads: OpenMP workers spinning beside the other nodes cost more than they give
             torch.set_num_threads(cpu_threads)
+        check_policy_period(checkpoint, self.dt)  # before the weights load: the file's metadata only
         policy = load_policy(checkpoint, device)
-        check_policy_period(checkpoint, self.dt)
         cfg = policy.cfg
         used = used_observations(p, cfg.shape_meta)
         self.period = p.replan_period(cfg)
@@ -86,7 +86,8 @@ class PolicyNode(Node):
         self.latency_pub = self.create_publisher(Float64, "/policy/inference_time", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.ages: deque[float] = deque(maxlen=100)
-        self.stats = {"chunks": 0, "refused": 0, "warm": 0, "rejected_samples": 0, "last_refusal": "", "last_latency_s": 0.0}
+        self.stats = {"chunks": 0, "refused": 0, "warm": 0, "rejected_samples": 0, "last_refusal": "",
+                      "last_rejected_sample": "", "last_latency_s": 0.0}
         self.create_timer(1.0, self._publish_diagnostics)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
@@ -105,7 +106,7 @@ class PolicyNode(Node):
                 self.loop.add(key, *observation_from_msg(msg, type_name, spec), now=self._now())  # as replay does
             except ValueError as exc:  # a malformed sample (wrong size, encoding, non-finite stamp, other camera): skip it
                 self.stats["rejected_samples"] += 1
-                self.stats["last_refusal"] = str(exc)
+                self.stats["last_refusal"] = self.stats["last_rejected_sample"] = str(exc)
                 self.get_logger().error(f"rejected a sample of '{key}': {exc}", throttle_duration_sec=2.0)
 
         return callback

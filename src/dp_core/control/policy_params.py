@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config import ConfigError, PolicyConfig, ShapeMeta, from_dict, read_yaml
 from ..fast_inference import InferenceOptions
-from ..msg_fields import OBS_TYPES
+from ..msg_fields import OBS_TYPES, columns_unreadable
 
 
 # parameters an older parameter file may still set, and what replaced them
@@ -102,7 +102,7 @@ def used_observations(params: PolicyNodeParams, shape_meta: ShapeMeta) -> dict[s
     """``{obs key: (topic, message type)}`` of the configured observations the policy uses.
 
     Raises ``ConfigError`` when the policy needs an observation the parameters do not provide, the
-    action names do not match the policy's action dimension, or a PoseArray observation would be sliced.
+    action names do not match the policy's action dimension, or a PoseArray observation takes columns.
     """
     missing = set(shape_meta.obs) - set(params.obs_keys)
     if missing:
@@ -112,8 +112,7 @@ def used_observations(params: PolicyNodeParams, shape_meta: ShapeMeta) -> dict[s
     used = {key: (topic, type_name) for key, topic, type_name in zip(params.obs_keys, params.obs_topics, params.obs_types)
             if key in shape_meta.obs}
     for key, (_, type_name) in used.items():
-        columns = shape_meta.obs[key].columns
-        if type_name == "PoseArray" and columns is not None and columns[0] != 0:
-            raise ConfigError(f"observation '{key}' takes columns {columns} of its recorded vector; from a PoseArray "
-                              "only columns starting at 0 can be read")
+        why = columns_unreadable(shape_meta.obs[key], type_name)
+        if why:
+            raise ConfigError(f"observation '{key}': {why}")
     return used

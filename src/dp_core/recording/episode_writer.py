@@ -56,6 +56,7 @@ class EpisodeWriter:
         self._written = 0  # steps of the current episode handed to a flush (written, or being written)
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="episode-writer")
         self._inflight: Future | None = None
+        self._failed: BaseException | None = None  # a write of this episode failed: raised until discard()
 
     # -- state -----------------------------------------------------------------------------------
     @property
@@ -115,10 +116,13 @@ class EpisodeWriter:
         self._inflight = self._io.submit(self._write, start, steps)
 
     def sync(self) -> None:
-        """Wait for the write in progress; raises its error."""
+        """Wait for the write in progress; raises the error of any failed write of this episode (again at every
+        call, until :meth:`discard`: its rows are missing, it must not be committed)."""
         inflight, self._inflight = self._inflight, None
-        if inflight is not None:
-            inflight.result()
+        if inflight is not None and self._failed is None:
+            self._failed = inflight.exception()
+        if self._failed is not None:
+            raise self._failed
 
     def _write(self, start: int, steps: list[dict[str, np.ndarray]]) -> None:
         stop = start + len(steps)
@@ -158,7 +162,7 @@ class EpisodeWriter:
             self.sync()  # nothing may write past the committed end after the truncation
         except Exception as exc:  # the rows it failed to write are discarded anyway
             log.warning("%s: a write of the discarded episode had failed: %s", self.path, exc)
-        self._buffer, self._written, self._active = [], 0, False
+        self._buffer, self._written, self._active, self._failed = [], 0, False, None
         self._truncate(self.n_steps)
         return length
 

@@ -39,6 +39,7 @@ from ..control.obs_buffer import ObsBuffer
 from ..control_period import ATTRIBUTE as PERIOD_ATTRIBUTE
 from ..control_period import period_mismatch, read_period
 from ..control.stamps import STAMP_TOLERANCE_S as _EPS
+from ..control.stamps import interpolate
 from .episode_writer import EpisodeWriter
 
 log = logging.getLogger(__name__)
@@ -202,19 +203,18 @@ class EpisodeRecorder:
         return [k for k, t in newest.items() if t is None or abs(now - t) > self.max_age_s]
 
     def _action_due(self, t: float) -> np.ndarray | None:
-        """The commanded target due at ``t``: interpolated between the commands around it; the newest one
-        when none is due at or after ``t`` yet (at most ``max_age_s`` earlier); None without either."""
+        """The commanded target due at ``t``: interpolated between the commands around it (at most ``max_age_s``
+        apart), as ``dp-bag2zarr`` labels steps; when none is due at or after ``t`` yet, the newest one if at most
+        ``max_age_s`` older (a position target holds until the next); else None."""
         stamps = self._command_stamps
-        i = bisect.bisect_left(stamps, t - _EPS)
-        if i == len(stamps):
-            return self._commands[-1] if stamps and t - stamps[-1] <= self.max_age_s else None
-        if stamps[i] <= t + _EPS:
-            return self._commands[i]
-        if i == 0 or stamps[i] - stamps[i - 1] > self.max_age_s:
-            return None  # nothing commanded before t, or a pause in the commands around it
-        w = (t - stamps[i - 1]) / (stamps[i] - stamps[i - 1])
-        a, b = self._commands[i - 1], self._commands[i]
-        return (a + w * (b - a)).astype(np.float32)  # equal neighbours give exactly their value
+        if not stamps:
+            return None
+        if t > stamps[-1] + _EPS:
+            return self._commands[-1] if t - stamps[-1] <= self.max_age_s else None
+        i = max(bisect.bisect_left(stamps, t - _EPS), 1)
+        pair = slice(i - 1, i + 1)
+        value, ok = interpolate(np.asarray(stamps[pair]), np.stack(self._commands[pair]), np.array([t]), self.max_age_s)
+        return value[0].astype(np.float32) if ok[0] else None
 
     # -- episode control -------------------------------------------------------------------------
     def start(self, now: float) -> int:
