@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import faulthandler
 import logging
 import os
 import signal
@@ -49,16 +50,36 @@ def run_node(factory: Callable[[], N], args: list[str] | None = None, cleanup: C
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
         finally:
-            if node is not None:
-                if cleanup is not None:
-                    cleanup(node)
-                node.destroy_node()
-            rclpy.try_shutdown()
+            if node is not None and cleanup is not None:
+                cleanup(node)
+            _teardown(node)
     if exit_code:
         raise SystemExit(exit_code)
 
 
 SIGNAL_POLL_S = 0.1  # the spin loop sees a stop request this late at most
+TEARDOWN_TIMEOUT_S = 3.0  # destroying the node and the context: normally well under 0.5 s; below launch's 5 s
+
+
+def _teardown(node: Node | None) -> None:
+    """Destroy the node and shut rclpy down, within ``TEARDOWN_TIMEOUT_S``.
+
+    Destroying the DDS participant can deadlock inside Fast DDS: ``DomainParticipant::set_listener`` waits for a
+    participant-listener callback that waits for the participant's mutex it holds (a remote reader removed at
+    that moment; gdb stacks of a hung action executor, 1 in 25 Ctrl-C stops of the sim launch). The main thread
+    then holds the GIL in C++, where no Python signal handler runs: launch's SIGTERM did nothing and SIGKILL
+    came 15 s after the Ctrl-C. faulthandler's watchdog thread needs no GIL: past the timeout it prints every
+    thread's stack to stderr and ends the process with status 1. The node's own cleanup has run by then."""
+    try:  # onto the process's real stderr (a captured sys.stderr has no file descriptor)
+        faulthandler.dump_traceback_later(TEARDOWN_TIMEOUT_S, exit=True, file=sys.__stderr__)
+    except (OSError, ValueError, RuntimeError) as exc:  # no usable stderr: tear down without the deadline
+        logging.getLogger(__name__).warning("no teardown deadline: %s", exc)
+    try:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 class _StopSignals:

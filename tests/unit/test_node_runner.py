@@ -190,3 +190,41 @@ def test_nodes_check_their_parameters_before_any_effect(tmp_path) -> None:
         assert connections == []
     finally:
         rclpy.try_shutdown()
+
+
+HUNG_TEARDOWN = """
+import os, signal, sys, time
+sys.path.insert(0, {src!r})
+from rclpy.node import Node
+from dp_bringup import node_runner
+node_runner.TEARDOWN_TIMEOUT_S = 1.0
+
+class Hung(Node):
+    def __init__(self):
+        super().__init__("hung_teardown")
+        self.create_timer(0.05, lambda: os.kill(os.getpid(), signal.SIGINT))
+
+    def destroy_node(self):
+        print("cleanup done, teardown hangs", flush=True)
+        time.sleep(60)  # as Fast DDS's destroy_participant deadlock (there with the GIL held)
+
+node_runner.run_node(Hung, [])
+"""
+
+
+def test_a_hung_teardown_ends_the_process_after_the_timeout(request: pytest.FixtureRequest) -> None:
+    """Fast DDS can deadlock while the node's participant is destroyed (the main thread holding the GIL, so no
+    Python handler runs): the teardown has a deadline, after which the process prints its stacks and exits 1."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "ROS_DOMAIN_ID": str(unique_domain_id(request)), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", HUNG_TEARDOWN.format(src=src)], capture_output=True, text=True,
+                          timeout=30, env=env)
+    assert proc.returncode == 1 and time.monotonic() - start < 20
+    assert "cleanup done, teardown hangs" in proc.stdout
+    assert "Timeout" in proc.stderr and "destroy_node" in proc.stderr  # the stacks say where it hung
