@@ -40,10 +40,11 @@ def pusht_render_size(shape_meta: ShapeMeta) -> int:
     sizes = {key: tuple(shape_meta.obs[key].shape[:2]) for key in shape_meta.rgb_keys}
     if not sizes:
         return 0
-    if len(set(sizes.values())) != 1 or next(iter(sizes.values()))[0] != next(iter(sizes.values()))[1]:
+    (h, w), *others = set(sizes.values())
+    if others or h != w:
         raise ValueError(f"the Push-T simulator renders one square image size; the policy's image observations "
                          f"are {sizes}")
-    return next(iter(sizes.values()))[0]
+    return h
 
 
 def pusht_sources(env_obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
