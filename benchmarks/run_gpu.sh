@@ -7,12 +7,13 @@
 #   benchmarks/run_gpu.sh OUT_DIR
 #
 # PYTHON runs our side (default: python3 with src/ on the path); LEROBOT_PYTHON runs LeRobot's
-# (default: .bench-venvs/lerobot/bin/python from benchmarks/setup_envs.sh; SKIP_LEROBOT=1 leaves
-# step 3 out). STEPS picks steps (default "tests latency lerobot"; "compile" adds torch.compile rows,
+# (default: .bench-venvs/lerobot/bin/python from benchmarks/setup_envs.sh, or the Python that
+# benchmarks/lerobot_offline.sh makes on a machine with no package index; SKIP_LEROBOT=1 leaves step 3 out). STEPS picks steps (default "tests latency lerobot"; "compile" adds torch.compile rows,
 # minutes of compiling; "targets" is a short latency step: the issue's GPU target row on every path;
 # "products" times the few-row products alone, "profile" the kernels of the target row's chunk).
 # SIDES, INFER, TRAIN and PATHS override bench_vs_lerobot's sides, cases and paths (e.g. SIDES="ours ours-graph
-# lerobot"; an empty TRAIN runs no training case); TARGET_PATHS the paths of the targets step. DEVICE (default cuda) and BUDGET_S (seconds per latency row, default 1) are
+# lerobot"; an empty TRAIN runs no training case) and VS_ARGS adds its options (e.g. "--train-rounds 8");
+# TARGET_PATHS the paths of the targets step. DEVICE (default cuda) and BUDGET_S (seconds per latency row, default 1) are
 # for smoke runs; PYTEST_K selects tests (pytest -k). Writes OUT_DIR/{env.txt,tests.log,inference.json,inference.log,skinny_matmul.jsonl,profile.json,vs_lerobot.json,
 # vs_lerobot.log}; exits 1 if any step failed, after running all of them.
 set -uo pipefail
@@ -94,7 +95,7 @@ if [[ $steps == *" lerobot "* && ${SKIP_LEROBOT:-0} != 1 ]]; then
     --python "ours=$py" "ours-graph=$py" "ours-compile=$py" "lerobot=$lerobot_py" --paths ${PATHS-e2e model} \
     --infer ${INFER-pusht_image_unet:2:16 pusht_image_unet:1:16 pusht_image_unet_small:1:16 pusht_state_unet_small:0:16} \
     --train ${TRAIN-pusht_image_unet:2:64 pusht_image_unet_small:1:64 pusht_state_unet_small:0:256} \
-    --output "$out/vs_lerobot.json" > /dev/null 2> "$out/vs_lerobot.log" || status=1
+    ${VS_ARGS-} --output "$out/vs_lerobot.json" > /dev/null 2> "$out/vs_lerobot.log" || status=1
   tail -n 2 "$out/vs_lerobot.log" >&2
 fi
 step "done, status $status"
