@@ -222,14 +222,19 @@ class _StepWriter:
         h = self.g.helper
         graph = h.make_graph(self.g.nodes, name, [h.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
                              [h.make_tensor_value_info(output[0], TensorProto.FLOAT, output[1])], self.g.inits)
-        return h.make_model(graph, opset_imports=self._opsets(), producer_name="dp_core")
+        return self._make_model(graph)
 
     def film_size(self) -> int:
         return sum(self.unet.film_sizes())
 
-    def _opsets(self) -> list:
+    def _make_model(self, graph):
+        """The model, stamped with the oldest IR version its opsets allow rather than the newest this onnx
+        writes: an onnxruntime older than onnx refuses a newer IR (1.30 with onnx 1.23: IR 14 > 13)."""
         h = self.g.helper
-        return [h.make_opsetid("", OPSET)] + ([h.make_opsetid("com.microsoft", 1)] if self.int8 else [])
+        opsets = [h.make_opsetid("", OPSET)] + ([h.make_opsetid("com.microsoft", 1)] if self.int8 else [])
+        model = h.make_model(graph, opset_imports=opsets, producer_name="dp_core")
+        model.ir_version = h.find_min_ir_version_for(opsets, ignore_unknown=True)
+        return model
 
     def write(self, horizon: int, action_dim: int):
         self.eps("x", "film", horizon, action_dim, out="eps")
@@ -268,7 +273,7 @@ class _StepWriter:
              h.make_tensor_value_info("films", TensorProto.FLOAT, [steps, self.film_size()]),
              h.make_tensor_value_info("coef", TensorProto.FLOAT, [steps, 5])],
             [h.make_tensor_value_info("out", TensorProto.FLOAT, shape)], [count])
-        return h.make_model(graph, opset_imports=self._opsets(), producer_name="dp_core")
+        return self._make_model(graph)
 
 
 def unet_step_model(unet: FastUnet1D, horizon: int, action_dim: int, int8: bool = False):
