@@ -241,10 +241,12 @@ class _StepWriter:
         return self._model("unet_step", [("x", [1, horizon, action_dim]), ("film", [self.film_size()])],
                            ("eps", [1, horizon, action_dim]))
 
-    def write_loop(self, horizon: int, action_dim: int, steps: int, clip: float | None):
-        """All ``steps`` noise-free sampler updates (``SamplingPlan.step`` without noise) around the step, as
-        one ONNX ``Loop`` (its body holds the weights once): inputs ``x``, ``films`` ``(K, F)`` and ``coef``
-        ``(K, 5)`` = (sqrt_beta, sqrt_alpha, c_x0, c_x, c_eps); output ``out``."""
+    def write_loop(self, horizon: int, action_dim: int, clip: float | None):
+        """The noise-free sampler updates (``SamplingPlan.step`` without noise) around the step, as one ONNX
+        ``Loop`` (its body holds the weights once): inputs ``x``, ``films`` ``(K, F)`` and ``coef`` ``(K, 5)`` =
+        (sqrt_beta, sqrt_alpha, c_x0, c_x, c_eps); output ``out``. The step count K is read from ``films`` at
+        run time, so that one session serves every plan (cold and warm start): each session holds its own
+        copy of the weights (about 3x their size with ONNX Runtime's packed copies)."""
         from onnx import TensorProto
 
         g, h = self.g, self.g.helper
@@ -265,14 +267,16 @@ class _StepWriter:
              h.make_tensor_value_info("x_out", TensorProto.FLOAT, shape)],
             g.inits,
         )
-        count = self.g.numpy_helper.from_array(np.array(steps, np.int64), "steps")
-        loop = h.make_node("Loop", ["steps", "", "x"], ["out"], body=body)
+        first = self.g.numpy_helper.from_array(np.array(0, np.int64), "loop_first_axis")
+        count = [h.make_node("Shape", ["films"], ["loop_films_shape"]),
+                 h.make_node("Gather", ["loop_films_shape", "loop_first_axis"], ["loop_steps"], axis=0)]
+        loop = h.make_node("Loop", ["loop_steps", "", "x"], ["out"], body=body)
         graph = h.make_graph(
-            [loop], "unet_sampling",
+            [*count, loop], "unet_sampling",
             [h.make_tensor_value_info("x", TensorProto.FLOAT, shape),
-             h.make_tensor_value_info("films", TensorProto.FLOAT, [steps, self.film_size()]),
-             h.make_tensor_value_info("coef", TensorProto.FLOAT, [steps, 5])],
-            [h.make_tensor_value_info("out", TensorProto.FLOAT, shape)], [count])
+             h.make_tensor_value_info("films", TensorProto.FLOAT, ["steps", self.film_size()]),
+             h.make_tensor_value_info("coef", TensorProto.FLOAT, ["steps", 5])],
+            [h.make_tensor_value_info("out", TensorProto.FLOAT, shape)], [first])
         return self._make_model(graph)
 
 
@@ -303,7 +307,7 @@ class OrtUnetStep:
         return weights_key(module_tensors(self._modules, buffers=False))
 
     def _build(self, what: tuple):
-        """A session for ``("step", T, A)`` or ``("loop", T, A, K, clip)``."""
+        """A session for ``("step", T, A)`` or ``("loop", T, A, clip)``."""
         start = time.perf_counter()
         writer = _StepWriter(self.unet, self.int8)
         model = writer.write(*what[1:3]) if what[0] == "step" else writer.write_loop(*what[1:])
@@ -329,7 +333,7 @@ class OrtUnetStep:
     def _what(self, plan: SamplingPlan, sample: torch.Tensor) -> tuple:
         """The session ``plan`` runs on: the whole loop when it is noise-free, else the single step."""
         shape = tuple(sample.shape[1:])
-        return ("step", *shape) if plan.draws_noise else ("loop", *shape, len(plan), plan.clip)
+        return ("step", *shape) if plan.draws_noise else ("loop", *shape, plan.clip)
 
     def condition(self, plan: SamplingPlan, global_cond: torch.Tensor, sample: torch.Tensor) -> np.ndarray:
         """The FiLM inputs ``(K, B, F)`` of the chunk's steps (the timesteps' part kept per plan and weights,
