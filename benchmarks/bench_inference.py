@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import sys
@@ -186,6 +187,7 @@ def main() -> None:
                             "load_avg": load_average()})
             print(json.dumps(results[-1]), flush=True)
             del policy
+            gc.collect()  # the policy and its sampler refer to each other: free its ONNX Runtime sessions now
     meta = {
         "commit": code_version(),
         "device": str(device),
