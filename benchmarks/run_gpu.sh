@@ -8,8 +8,8 @@
 #
 # PYTHON runs our side (default: python3 with src/ on the path); LEROBOT_PYTHON runs LeRobot's
 # (default: .bench-venvs/lerobot/bin/python from benchmarks/setup_envs.sh, or the Python that
-# benchmarks/lerobot_offline.sh makes on a machine with no package index; SKIP_LEROBOT=1 leaves step 3 out). STEPS picks steps (default "tests latency lerobot"; "compile" adds torch.compile rows,
-# minutes of compiling; "targets" is a short latency step: the issue's GPU target row on every path;
+# benchmarks/lerobot_offline.sh makes on a machine with no package index; SKIP_LEROBOT=1 leaves step 3 out).
+# STEPS picks steps (default "tests latency lerobot"; "compile" adds torch.compile rows, minutes of compiling; "targets" is a short latency step: the issue's GPU target row on every path;
 # "products" times the few-row products alone, "profile" the kernels of the target row's chunk).
 # SIDES, INFER, TRAIN and PATHS override bench_vs_lerobot's sides, cases and paths (e.g. SIDES="ours ours-graph
 # lerobot"; an empty TRAIN runs no training case) and VS_ARGS adds its options (e.g. "--train-rounds 8");
